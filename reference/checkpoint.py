@@ -1,0 +1,280 @@
+"""Checkpoint directories: validated reading and plain writing of safetensors files.
+
+Reading parses every header itself (the safetensors library accepts duplicate JSON keys
+and we must not), validates the index and every header before one byte of tensor data
+is read, and reads tensor bytes straight into the caller's destination. Nothing here
+unpickles, and nothing ever writes into a checkpoint it reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from .contract import (CONFIG_FILE, INDEX_FILE, SINGLE_FILE, CorruptCheckpointError,
+                       UnsafeCheckpointError, UnsupportedDtypeError)
+from .dtypes import DTYPE_OF_CODE, SAFETENSORS_CODES
+
+__all__ = ["TensorEntry", "Checkpoint", "open_checkpoint", "read_header",
+           "write_safetensors", "write_checkpoint", "shard_file_name"]
+
+# A header larger than this is refused before it is read (real headers are kilobytes).
+MAX_HEADER_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of one file: where its bytes are, validated against the file size."""
+
+    key: str
+    file: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the first element in the file
+    nbytes: int
+
+    @property
+    def row_bytes(self) -> int:
+        return self.nbytes // self.shape[0] if self.shape and self.shape[0] else self.nbytes
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate JSON key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path.name}: {what} is not valid JSON: {exc}",
+                                     subject=path.name) from None
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Parse and validate one safetensors file's header; reads no tensor data."""
+    name = path.name
+
+    def corrupt(reason: str, subject: str | None = None) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{name}: {reason}", subject=subject or name)
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise corrupt(f"file is {size} bytes, too short for a safetensors header")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+            raise corrupt(f"header length {header_len} exceeds the file ({size} bytes) "
+                          f"or the {MAX_HEADER_BYTES}-byte limit")
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise corrupt(f"header is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise corrupt("header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(v, str) for v in metadata.values())):
+        raise corrupt("__metadata__ must map strings to strings")
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    entries: dict[str, TensorEntry] = {}
+    for key, info in header.items():
+        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
+            raise corrupt(f"tensor {key!r} needs exactly dtype, shape and data_offsets", key)
+        dtype = DTYPE_OF_CODE.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise UnsupportedDtypeError(f"{name}: tensor {key!r} has unsupported dtype "
+                                        f"{info['dtype']!r}", subject=key)
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise corrupt(f"tensor {key!r} has invalid shape {shape!r}", key)
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]
+                <= data_size):
+            raise corrupt(f"tensor {key!r} has data_offsets {offsets!r} outside the "
+                          f"{data_size}-byte data section", key)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise corrupt(f"tensor {key!r}: shape {shape} of {info['dtype']} needs {nbytes} "
+                          f"bytes but data_offsets span {offsets[1] - offsets[0]}", key)
+        entries[key] = TensorEntry(key, name, dtype, tuple(shape), data_start + offsets[0], nbytes)
+    ordered = sorted(entries.values(), key=lambda e: (e.offset, e.nbytes))
+    for before, after in zip(ordered, ordered[1:]):
+        if after.nbytes and before.offset + before.nbytes > after.offset:
+            raise corrupt(f"tensors {before.key!r} and {after.key!r} overlap", after.key)
+    return entries
+
+
+def _check_shard_name(directory: Path, file_name: Any) -> None:
+    """A weight_map file must be a plain file name inside the checkpoint directory."""
+    if not isinstance(file_name, str) or not file_name or file_name in (".", "..") or any(
+            c in file_name for c in ("/", "\\", "\0")) or os.path.isabs(file_name):
+        raise UnsafeCheckpointError(
+            f"{INDEX_FILE}: shard name {file_name!r} is not a plain file name inside "
+            f"{directory}", subject=str(file_name))
+
+
+class Checkpoint:
+    """A validated checkpoint directory: every tensor's entry, and reads into tensors."""
+
+    def __init__(self, directory: Path, entries: dict[str, TensorEntry], sharded: bool):
+        self.directory = directory
+        self.entries = entries
+        self.sharded = sharded
+        self._files: dict[str, Any] = {}
+
+    def config(self) -> dict[str, Any]:
+        path = self.directory / CONFIG_FILE
+        return _load_json(path, "config") if path.is_file() else {}
+
+    def _file(self, name: str):
+        if name not in self._files:
+            self._files[name] = open(self.directory / name, "rb", buffering=0)
+        return self._files[name]
+
+    def read_into(self, entry: TensorEntry, out: torch.Tensor, rows: tuple[int, int] | None = None
+                  ) -> torch.Tensor:
+        """Copy the bytes of `entry` (or of rows [start, stop) of its first dim) into the
+        contiguous CPU tensor `out`, which must have the entry's dtype and byte size."""
+        start, stop = rows if rows is not None else (0, entry.shape[0] if entry.shape else 1)
+        offset = entry.offset + start * entry.row_bytes
+        nbytes = (stop - start) * entry.row_bytes
+        if out.dtype != entry.dtype or not out.is_contiguous() or out.device.type != "cpu" \
+                or out.numel() * out.element_size() != nbytes:
+            raise ValueError(f"read_into({entry.key}): destination {tuple(out.shape)} "
+                             f"{out.dtype} cannot hold {nbytes} bytes of {entry.dtype}")
+        if nbytes:
+            view = memoryview((ctypes.c_ubyte * nbytes).from_address(out.data_ptr())).cast("B")
+            f, done = self._file(entry.file), 0
+            while done < nbytes:
+                got = os.preadv(f.fileno(), [view[done:]], offset + done)
+                if got <= 0:
+                    raise CorruptCheckpointError(f"{entry.file}: tensor {entry.key!r} is "
+                                                 f"truncated", subject=entry.key)
+                done += got
+        return out
+
+    def read(self, entry: TensorEntry, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """A fresh CPU tensor holding `entry` (or rows of it)."""
+        shape = list(entry.shape)
+        if rows is not None:
+            shape[0] = rows[1] - rows[0]
+        return self.read_into(entry, torch.empty(shape, dtype=entry.dtype), rows)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
+    """Validate a checkpoint directory (index first, then every header) and index it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CorruptCheckpointError(f"{directory} is not a directory", subject=str(directory))
+    index_path = directory / INDEX_FILE
+    if not index_path.exists():
+        single = directory / SINGLE_FILE
+        if not single.is_file():
+            raise CorruptCheckpointError(f"{directory} has neither {SINGLE_FILE} nor "
+                                         f"{INDEX_FILE}", subject=str(directory))
+        return Checkpoint(directory, read_header(single), sharded=False)
+
+    index = _load_json(index_path, "index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CorruptCheckpointError(f"{INDEX_FILE} has no weight_map object", subject=INDEX_FILE)
+    for file_name in weight_map.values():  # every name is checked before any file opens
+        _check_shard_name(directory, file_name)
+    root = directory.resolve()
+    entries: dict[str, TensorEntry] = {}
+    for file_name in sorted(set(weight_map.values())):
+        path = directory / file_name
+        if not path.is_file():
+            raise CorruptCheckpointError(f"{INDEX_FILE} names {file_name}, which is not a "
+                                         f"file in {directory}", subject=file_name)
+        if path.resolve().parent != root:
+            raise UnsafeCheckpointError(f"{file_name} resolves outside {directory}",
+                                        subject=file_name)
+        for key, entry in read_header(path).items():
+            assigned = weight_map.get(key)
+            if assigned != file_name:
+                where = f"the index assigns it to {assigned}" if assigned else "the index does not list it"
+                raise CorruptCheckpointError(f"tensor {key!r} sits in {file_name} but {where}",
+                                             subject=key)
+            entries[key] = entry
+    absent = sorted(set(weight_map) - set(entries))
+    if absent:
+        raise CorruptCheckpointError(
+            f"{INDEX_FILE} assigns {absent[0]!r} to {weight_map[absent[0]]}, which has no such "
+            f"tensor" + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""),
+            subject=absent[0])
+    return Checkpoint(directory, entries, sharded=True)
+
+
+# ----- writing (generators and benchmarks) ----------------------------------------------
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return ctypes.string_at(flat.data_ptr(), flat.numel() * flat.element_size())
+
+
+def write_safetensors(path: Path, items: Iterable[tuple[str, torch.Tensor]],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Write tensors in the given order (data and header alike), so order is a choice."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for key, tensor in items:
+        blob = _tensor_bytes(tensor)
+        header[key] = {"dtype": SAFETENSORS_CODES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "xb") as f:  # never overwrite an existing file
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for blob in blobs:
+            f.write(blob)
+
+
+def shard_file_name(index: int, count: int) -> str:
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def write_checkpoint(directory: Path, config: Mapping[str, Any],
+                     shards: Sequence[Sequence[tuple[str, torch.Tensor]]]) -> None:
+    """Write config.json and one file, or several shards and their index."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    if len(shards) == 1:
+        write_safetensors(directory / SINGLE_FILE, shards[0], {"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, items in enumerate(shards):
+        name = shard_file_name(i, len(shards))
+        write_safetensors(directory / name, items, {"format": "pt"})
+        for key, tensor in items:
+            weight_map[key] = name
+            total += tensor.numel() * tensor.element_size()
+    (directory / INDEX_FILE).write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))

@@ -1,0 +1,413 @@
+"""The loader contract: the one module a candidate's adapter imports.
+
+It defines what is loaded (a :class:`ModelSpec` and a checkpoint directory), how
+(:class:`LoadOptions`), what comes back (:class:`LoadResult`, in the *canonical* form:
+one tensor per logical matrix under its Hugging Face split name, whatever the loader
+keeps in memory), what may go wrong (the :class:`LoadError` family) and what a
+candidate must provide (:class:`Loader`, with capability names and semantic variants).
+
+Nothing here knows about Hypothesis or pytest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "CAPABILITIES", "VARIANTS", "FAMILIES", "DTYPES",
+    "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader",
+    "LoadError", "ShapeMismatchError", "MissingWeightsError", "UnexpectedKeysError",
+    "UnsafeCheckpointError", "CorruptCheckpointError", "UnsupportedDtypeError",
+    "UnsupportedLayoutError", "NonFiniteInputError", "ERROR_FAMILIES",
+    "CONFIG_FILE", "SINGLE_FILE", "INDEX_FILE", "check_loader", "torch_dtype",
+]
+
+CONFIG_FILE = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# What a loader can claim. The suite runs a property only when every capability it
+# needs is claimed, and skips it with that reason otherwise.
+CAPABILITIES: Mapping[str, str] = {
+    "load": "loads split-on-disk llama / qwen2 and fused-on-disk phi3 checkpoints",
+    "fused_on_disk": "also reads the non-native layout: fused qkv / gate_up for llama and "
+                     "qwen2, split q / k / v and gate / up for phi3",
+    "sharded": "reads several shards through model.safetensors.index.json",
+    "tp": "simulated tensor parallelism: tp_size in {1, 2, 4} and a tp_rank",
+    "meta_init": "builds the model on the meta device and materialises it while loading",
+    "meta_submodule": "models with an extra submodule built on meta (model.resampler.*)",
+    "extras": "models with extra parameters of any dtype (model.extras.*: int, bool, FP8)",
+    "track": "reports missing weights exactly, and raises when tracking is on",
+    "strict": "raises on unexpected checkpoint keys when strict is on",
+    "poison": "fills every allocation with the poison pattern before loading",
+    "forward": "computes logits of the tiny decoder",
+    # Later issues: FP8, reload, offload, CUDA.
+    "fp8_online": "online per-tensor FP8 quantization after loading",
+    "fp8_serialized": "serialized per-tensor FP8 checkpoints",
+    "reload": "reloads weights into a live (quantized) model",
+    "offload": "offloads parameters to the host with prefetch",
+    "cuda": "loads onto a CUDA device",
+}
+
+# Where real loaders legitimately differ. Each variant has a default (the first value);
+# a loader declares which one it follows and the reference computes the expected
+# outcome under the same declaration.
+VARIANTS: Mapping[str, tuple[str, ...]] = {
+    # A checkpoint `lm_head.weight` in a tied model: ignored and reported as ignored
+    # (vLLM), or treated as an unexpected key.
+    "tied_checkpoint_head": ("ignore", "unexpected"),
+    # Unexpected keys without strict: reported (transformers), or always an error
+    # (vLLM's load_weights looks every name up in params_dict).
+    "unexpected_keys": ("report", "raise"),
+}
+
+FAMILIES = ("llama", "qwen2", "phi3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`"bfloat16"` -> `torch.bfloat16`, refusing anything that is not a torch dtype."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UnsupportedDtypeError(f"{name!r} is not a torch dtype", subject=name)
+    return dtype
+
+
+@dataclass(frozen=True)
+class ExtraParam:
+    """A parameter of any dtype at `model.extras.<name>` (packed weights, zero points, masks)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def canonical_name(self) -> str:
+        return f"model.extras.{self.name}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A tiny decoder LM, framework-neutral; `to_hf_config()` makes its config.json.
+
+    Biases follow the family: llama has q/k/v/o biases iff `attention_bias` and MLP
+    biases iff `mlp_bias`; qwen2 always has q/k/v biases and nothing else; phi3 has none.
+    """
+
+    family: str = "llama"
+    vocab_size: int = 32
+    hidden_size: int = 16
+    intermediate_size: int = 32
+    num_layers: int = 1
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    head_dim: int = 8
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    dtype: str = "float32"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    meta_submodule: bool = False
+    extras: tuple[ExtraParam, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.family not in FAMILIES:
+            problems.append(f"family {self.family!r} is not one of {FAMILIES}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            problems.append(f"num_kv_heads={self.num_kv_heads} must divide "
+                            f"num_heads={self.num_heads}")
+        if self.head_dim % 2:
+            problems.append(f"head_dim={self.head_dim} must be even (rotary halves)")
+        if self.family == "qwen2" and (not self.attention_bias or self.mlp_bias):
+            problems.append("qwen2 has q/k/v biases and no MLP bias")
+        if self.family == "phi3" and (self.attention_bias or self.mlp_bias):
+            problems.append("phi3 has no biases")
+        if problems:
+            raise ValueError("invalid ModelSpec: " + "; ".join(problems))
+
+    # ----- layout ------------------------------------------------------------------
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def fused_on_disk_natively(self) -> bool:
+        """phi3 checkpoints store qkv_proj and gate_up_proj fused; llama and qwen2 split."""
+        return self.family == "phi3"
+
+    def has_bias(self, proj: str) -> bool:
+        """Whether the logical projection `proj` (q_proj ... down_proj) has a bias."""
+        if self.family == "qwen2":
+            return proj in ("q_proj", "k_proj", "v_proj")
+        if proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            return self.attention_bias
+        return self.mlp_bias
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical parameter name -> shape at tp_size 1, in a fixed order."""
+        h, i = self.hidden_size, self.intermediate_size
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        out_in = {
+            "self_attn.q_proj": (self.q_size, h), "self_attn.k_proj": (self.kv_size, h),
+            "self_attn.v_proj": (self.kv_size, h), "self_attn.o_proj": (h, self.q_size),
+            "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i),
+        }
+        for layer in range(self.num_layers):
+            p = f"model.layers.{layer}"
+            shapes[f"{p}.input_layernorm.weight"] = (h,)
+            for module, (out_features, in_features) in out_in.items():
+                shapes[f"{p}.{module}.weight"] = (out_features, in_features)
+                if self.has_bias(module.split(".")[1]):
+                    shapes[f"{p}.{module}.bias"] = (out_features,)
+            shapes[f"{p}.post_attention_layernorm.weight"] = (h,)
+        shapes["model.norm.weight"] = (h,)
+        if self.meta_submodule:
+            shapes["model.resampler.proj.weight"] = (h, h)
+            shapes["model.resampler.proj.bias"] = (h,)
+            shapes["model.resampler.norm.weight"] = (h,)
+        for extra in self.extras:
+            shapes[extra.canonical_name] = tuple(extra.shape)
+        if not self.tie_word_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_size, h)
+        return shapes
+
+    def parameter_dtype(self, name: str, override: str | None = None) -> torch.dtype:
+        """The dtype a canonical parameter has after loading (`override` replaces the
+        spec's float dtype, never an extra's own dtype)."""
+        for extra in self.extras:
+            if extra.canonical_name == name:
+                return torch_dtype(extra.dtype)
+        return torch_dtype(override or self.dtype)
+
+    def buffer_names(self) -> tuple[str, ...]:
+        """Non-persistent buffers the constructor computes (never in a checkpoint)."""
+        names = ("model.rotary_emb.inv_freq",)
+        return names + (("model.resampler.position_scale",) if self.meta_submodule else ())
+
+    # ----- serialisation ---------------------------------------------------------------
+    def to_hf_config(self) -> dict[str, Any]:
+        """An HF-style config.json body that transformers and vLLM can open."""
+        arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "phi3": "Phi3ForCausalLM"}[self.family]
+        config: dict[str, Any] = {
+            "architectures": [arch], "model_type": self.family,
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": 64,
+            "rms_norm_eps": self.rms_norm_eps, "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings, "torch_dtype": self.dtype,
+            "bos_token_id": 0, "eos_token_id": 1,
+        }
+        if self.family == "llama":
+            config.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+        if self.family == "phi3":
+            config.update(pad_token_id=None, original_max_position_embeddings=64,
+                          sliding_window=None, resid_pdrop=0.0, embd_pdrop=0.0,
+                          attention_dropout=0.0)
+        # Our own keys, ignored by real loaders; they make the directory self-describing.
+        config["loadcheck"] = {"spec": self.to_dict()}
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["extras"] = [asdict(e) for e in self.extras]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        data = dict(data)
+        data["extras"] = tuple(ExtraParam(e["name"], e["dtype"], tuple(e["shape"]))
+                               for e in data.get("extras", ()))
+        return cls(**data)
+
+    def summary(self) -> str:
+        """One readable line for failure messages and reports."""
+        bits = [f"{self.family} L={self.num_layers} h={self.hidden_size} "
+                f"heads={self.num_heads}/{self.num_kv_heads}x{self.head_dim} "
+                f"I={self.intermediate_size} V={self.vocab_size} {self.dtype}"]
+        if self.family == "llama" and (self.attention_bias or self.mlp_bias):
+            bits.append("bias=" + "+".join(n for n, on in (("attn", self.attention_bias),
+                                                           ("mlp", self.mlp_bias)) if on))
+        bits.append("tied" if self.tie_word_embeddings else "untied")
+        if self.meta_submodule:
+            bits.append("meta resampler")
+        if self.extras:
+            bits.append("extras=" + ",".join(f"{e.name}:{e.dtype}" for e in self.extras))
+        return " ".join(bits)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load. `dtype` overrides the spec's float dtype (extras keep theirs)."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    tp_size: int = 1
+    tp_rank: int = 0
+    strict: bool = False
+    track: bool = False
+    meta_init: bool = False
+    poison: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tp_rank < self.tp_size:
+            raise ValueError(f"tp_rank={self.tp_rank} is outside tp_size={self.tp_size}")
+
+    def summary(self) -> str:
+        on = [k for k in ("strict", "track", "meta_init", "poison") if getattr(self, k)]
+        parts = [self.device] + ([f"dtype={self.dtype}"] if self.dtype else [])
+        parts += [f"tp={self.tp_rank}/{self.tp_size}"] if self.tp_size > 1 else []
+        return " ".join(parts + on)
+
+
+@dataclass
+class LoadResult:
+    """What a load produced, in canonical form.
+
+    state     canonical name -> tensor (this rank's slice under TP). Fused in-memory
+              parameters are returned as views of their logical slices.
+    buffers   non-persistent buffer name -> tensor (rotary inv_freq, ...).
+    loaded    canonical names that a checkpoint key covered.
+    missing   canonical names no checkpoint key covered (their values are unspecified).
+    unexpected  checkpoint keys that map to no parameter.
+    ignored   checkpoint keys deliberately not loaded (a tied model's lm_head.weight).
+    aliases   canonical name -> the canonical name whose storage it shares (a tied head).
+    placement canonical name -> device of its storage ("cpu", "cuda:0", "meta", ...).
+    model     the loader's live model, for `forward` and later reload / offload.
+    """
+
+    state: Mapping[str, torch.Tensor]
+    buffers: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    loaded: frozenset[str] = frozenset()
+    missing: frozenset[str] = frozenset()
+    unexpected: frozenset[str] = frozenset()
+    ignored: frozenset[str] = frozenset()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    placement: Mapping[str, str] = field(default_factory=dict)
+    model: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.placement:
+            self.placement = {n: str(t.device) for n, t in self.state.items()}
+
+
+# ----- errors --------------------------------------------------------------------------
+class LoadError(Exception):
+    """Base of the error family. `subject` is the tensor or file the error is about.
+
+    `alternatives` lists the other families that the same input also deserves (a
+    checkpoint with a wrong shape *and* an unexpected key): a candidate that raises any
+    of them agrees with the reference, since which problem is met first depends on the
+    order tensors arrive in.
+    """
+
+    family: ClassVar[str] = "load_error"
+
+    def __init__(self, message: str, *, subject: str | None = None,
+                 alternatives: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.alternatives = frozenset(alternatives) | {self.family}
+
+
+class ShapeMismatchError(LoadError):
+    family = "shape_mismatch"
+
+
+class MissingWeightsError(LoadError):
+    family = "missing"
+
+
+class UnexpectedKeysError(LoadError):
+    family = "unexpected"
+
+
+class UnsafeCheckpointError(LoadError):
+    family = "unsafe_checkpoint"
+
+
+class CorruptCheckpointError(LoadError):
+    family = "corrupt_checkpoint"
+
+
+class UnsupportedDtypeError(LoadError):
+    family = "unsupported_dtype"
+
+
+class UnsupportedLayoutError(LoadError):
+    family = "unsupported_layout"
+
+
+class NonFiniteInputError(LoadError):
+    family = "non_finite"
+
+
+ERROR_FAMILIES: Mapping[str, type[LoadError]] = {
+    cls.family: cls for cls in (
+        ShapeMismatchError, MissingWeightsError, UnexpectedKeysError, UnsafeCheckpointError,
+        CorruptCheckpointError, UnsupportedDtypeError, UnsupportedLayoutError,
+        NonFiniteInputError)
+}
+
+
+# ----- the candidate -------------------------------------------------------------------
+@runtime_checkable
+class Loader(Protocol):
+    """What `--loader NAME` must resolve to.
+
+    An adapter for a real library translates: it builds the library's model from
+    `spec` / the checkpoint's config.json, loads with the library's own code, maps the
+    library's exceptions onto the :class:`LoadError` family, and returns the canonical
+    :class:`LoadResult`. Optional: `forward(result, input_ids) -> logits` when the
+    loader claims the `forward` capability.
+    """
+
+    name: str
+    version: str
+    capabilities: frozenset[str]
+    variants: Mapping[str, str]
+
+    def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult: ...
+
+
+def check_loader(obj: Any) -> list[str]:
+    """Everything wrong with `obj` as a Loader, as readable lines (empty when fine)."""
+    problems = []
+    for attr in ("name", "version", "capabilities", "variants", "load"):
+        if not hasattr(obj, attr):
+            problems.append(f"has no attribute {attr!r}")
+    if problems:
+        return problems
+    if not callable(obj.load):
+        problems.append("load is not callable")
+    unknown = set(obj.capabilities) - set(CAPABILITIES)
+    if unknown:
+        problems.append(f"claims unknown capabilities {sorted(unknown)}; "
+                        f"known: {sorted(CAPABILITIES)}")
+    if "load" not in obj.capabilities:
+        problems.append("does not claim the 'load' capability")
+    for key, value in dict(obj.variants).items():
+        if key not in VARIANTS:
+            problems.append(f"declares unknown variant {key!r}; known: {sorted(VARIANTS)}")
+        elif value not in VARIANTS[key]:
+            problems.append(f"variant {key}={value!r} is not one of {VARIANTS[key]}")
+    if "forward" in obj.capabilities and not callable(getattr(obj, "forward", None)):
+        problems.append("claims 'forward' but has no callable forward(result, input_ids)")
+    return problems

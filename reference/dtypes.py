@@ -1,0 +1,64 @@
+"""Dtype tables: safetensors codes, dtype classes, conversion rules and poison patterns."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["SAFETENSORS_CODES", "DTYPE_OF_CODE", "PLAIN_FLOATS", "FP8_DTYPES",
+           "dtype_class", "can_cast", "poison_", "poison_mask"]
+
+# safetensors dtype code <-> torch dtype, for every dtype both sides know.
+SAFETENSORS_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+for _name, _code in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
+                     ("float8_e8m0fnu", "F8_E8M0")):
+    if hasattr(torch, _name):
+        SAFETENSORS_CODES[getattr(torch, _name)] = _code
+DTYPE_OF_CODE: dict[str, torch.dtype] = {code: dt for dt, code in SAFETENSORS_CODES.items()}
+
+# Floats that round-to-nearest-even into one another; everything else must match exactly.
+PLAIN_FLOATS = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
+FP8_DTYPES = frozenset(d for d in (torch.float8_e4m3fn, torch.float8_e5m2,
+                                   getattr(torch, "float8_e4m3fnuz", None),
+                                   getattr(torch, "float8_e5m2fnuz", None),
+                                   getattr(torch, "float8_e8m0fnu", None)) if d is not None)
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    """'float', 'fp8', 'bool' or 'int': the classes the dtype rules talk about."""
+    if dtype in PLAIN_FLOATS:
+        return "float"
+    if dtype in FP8_DTYPES:
+        return "fp8"
+    if dtype == torch.bool:
+        return "bool"
+    return "int"
+
+
+def can_cast(source: torch.dtype, target: torch.dtype) -> bool:
+    """Plain floats cast to plain floats (round to nearest even); others keep their dtype."""
+    return source == target or (source in PLAIN_FLOATS and target in PLAIN_FLOATS)
+
+
+# Poison: all-ones bytes are a NaN in every float and FP8 format and -1 / max in the
+# integers; generated float data is finite, so a surviving NaN is always poison. A bool
+# holds only 0 or 1, so its poison is True (and a poison mask of bools says little).
+def poison_(tensor: torch.Tensor) -> torch.Tensor:
+    """Fill `tensor` in place with its dtype's poison pattern."""
+    if tensor.dtype == torch.bool:
+        return tensor.fill_(True)
+    pattern = torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+    pattern.reshape(-1).view(torch.uint8).fill_(0xFF)
+    return tensor.copy_(pattern)
+
+
+def poison_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the elements of `tensor` that still hold the poison pattern."""
+    if tensor.dtype == torch.bool:
+        return tensor.clone()
+    flat = tensor.contiguous().reshape(-1).view(torch.uint8).reshape(tensor.numel(), -1)
+    return (flat == 0xFF).all(dim=1).reshape(tensor.shape)

@@ -1,0 +1,211 @@
+"""The tiny decoder LM the reference loads into, and its pure-torch forward.
+
+Parameters are allocated empty (no init pass: loading a large checkpoint must not pay
+for a random init) and may be built on `meta`. q/k/v and gate/up are one fused
+parameter (as vLLM keeps them) or separate ones (as transformers does);
+`canonical_views()` hides the difference behind views of the logical slices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .contract import ModelSpec
+from .dtypes import poison_
+from .names import FUSED_PROJECTIONS
+from .tp import rank_shapes
+
+__all__ = ["TinyDecoderLM", "rotary_inv_freq", "resampler_position_scale"]
+
+
+def rotary_inv_freq(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The constructor value of the non-persistent `inv_freq` buffer (float32, as in HF)."""
+    exponents = torch.arange(0, spec.head_dim, 2, dtype=torch.int64, device=device).float()
+    return 1.0 / (spec.rope_theta ** (exponents / spec.head_dim))
+
+
+def resampler_position_scale(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The constructor value of the resampler's non-persistent `position_scale` buffer."""
+    return 1.0 + torch.arange(spec.hidden_size, dtype=torch.float32, device=device) / spec.hidden_size
+
+
+def _param(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+class _Weights(nn.Module):
+    """A module that only holds parameters, registered under the given names."""
+
+    def __init__(self, params: dict[str, nn.Parameter]):
+        super().__init__()
+        for name, param in params.items():
+            self.register_parameter(name, param)
+
+
+class TinyDecoderLM(nn.Module):
+    """HF-shaped module tree: model.embed_tokens, model.layers.N.{self_attn,mlp,...}, lm_head.
+
+    `rank_shapes` gives every parameter this rank's shape; fused modules stack their
+    parts' rows in checkpoint order (q, k, v / gate, up).
+    """
+
+    def __init__(self, spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str,
+                 tp_size: int = 1, tp_rank: int = 0, fused: bool = True):
+        super().__init__()
+        self.spec, self.fused, self.tp_size = spec, fused, tp_size
+        self.shapes = rank_shapes(spec, tp_size, tp_rank)
+        self.dtypes = {n: spec.parameter_dtype(n, None) if n.startswith("model.extras.") else dtype
+                       for n in self.shapes}
+        self.fused_parts: dict[str, tuple[str, ...]] = {}  # fused param name -> canonical parts
+
+        model = nn.Module()
+        model.embed_tokens = _Weights(self._params(["model.embed_tokens.weight"], device))
+        model.layers = nn.ModuleList(self._layer(i, device) for i in range(spec.num_layers))
+        model.norm = _Weights(self._params(["model.norm.weight"], device))
+        model.rotary_emb = nn.Module()
+        model.rotary_emb.register_buffer("inv_freq", rotary_inv_freq(spec, device), persistent=False)
+        if spec.meta_submodule:
+            # Built on meta, as vLLM builds modules for online quantization; it is
+            # materialised while loading and moved to the target device only after.
+            model.resampler = nn.Module()
+            model.resampler.proj = _Weights(self._params(
+                ["model.resampler.proj.weight", "model.resampler.proj.bias"], "meta"))
+            model.resampler.norm = _Weights(self._params(["model.resampler.norm.weight"], "meta"))
+            model.resampler.register_buffer("position_scale", torch.empty(
+                spec.hidden_size, device="meta"), persistent=False)
+        if spec.extras:
+            model.extras = _Weights(self._params([e.canonical_name for e in spec.extras], device))
+        self.model = model
+        if spec.tie_word_embeddings:
+            self.lm_head = nn.Module()
+            self.lm_head.weight = model.embed_tokens.weight  # one storage: the head *is* it
+        else:
+            self.lm_head = _Weights(self._params(["lm_head.weight"], device))
+
+    # ----- construction --------------------------------------------------------------
+    def _params(self, canonical: list[str], device) -> dict[str, nn.Parameter]:
+        return {n.rsplit(".", 1)[1]: _param(self.shapes[n], self.dtypes[n], device)
+                for n in canonical if n in self.shapes}
+
+    def _layer(self, layer: int, device) -> nn.Module:
+        prefix = f"model.layers.{layer}"
+        block = nn.Module()
+        block.input_layernorm = _Weights(self._params([f"{prefix}.input_layernorm.weight"], device))
+        block.post_attention_layernorm = _Weights(
+            self._params([f"{prefix}.post_attention_layernorm.weight"], device))
+        block.self_attn, block.mlp = nn.Module(), nn.Module()
+        for fused_name, parts in FUSED_PROJECTIONS.items():
+            parent = getattr(block, fused_name.split(".")[0])
+            if self.fused:
+                params = {}
+                for suffix in ("weight", "bias"):
+                    names = [f"{prefix}.{p}.{suffix}" for p in parts if
+                             f"{prefix}.{p}.{suffix}" in self.shapes]
+                    if names:
+                        rows = sum(self.shapes[n][0] for n in names)
+                        params[suffix] = _param((rows,) + self.shapes[names[0]][1:],
+                                                self.dtypes[names[0]], device)
+                        self.fused_parts[f"{prefix}.{fused_name}.{suffix}"] = tuple(names)
+                setattr(parent, fused_name.split(".")[1], _Weights(params))
+            else:
+                for part in parts:
+                    setattr(parent, part.split(".")[1], _Weights(self._params(
+                        [f"{prefix}.{part}.weight", f"{prefix}.{part}.bias"], device)))
+        for part in ("self_attn.o_proj", "mlp.down_proj"):
+            parent = getattr(block, part.split(".")[0])
+            setattr(parent, part.split(".")[1], _Weights(self._params(
+                [f"{prefix}.{part}.weight", f"{prefix}.{part}.bias"], device)))
+        return block
+
+    # ----- materialisation -------------------------------------------------------------
+    def reset_buffers(self) -> None:
+        """Recompute every non-persistent buffer from the spec (what the constructor does)."""
+        device = self.model.rotary_emb.inv_freq.device
+        self.model.rotary_emb.inv_freq = rotary_inv_freq(self.spec, device)
+        if self.spec.meta_submodule:
+            buffer = self.model.resampler.position_scale
+            self.model.resampler.position_scale = resampler_position_scale(self.spec, buffer.device)
+
+    def materialize(self, device: torch.device | str, poison: bool) -> None:
+        """Give every meta tensor storage on `device` (never `.to()` a meta module: torch
+        raises), poison allocations if asked, and recompute non-persistent buffers."""
+        for module in self.modules():
+            if any(t.is_meta for t in [*module.parameters(recurse=False),
+                                        *module.buffers(recurse=False)]):
+                module.to_empty(device=device, recurse=False)
+        if poison:
+            for tensor in [*self.parameters(), *self.buffers()]:
+                poison_(tensor.data)
+        self.reset_buffers()
+
+    def move_to(self, device: torch.device | str) -> None:
+        """The device move after loading: device only, never dtype; idempotent."""
+        self.to(device=device)
+
+    # ----- canonical view ----------------------------------------------------------------
+    def canonical_views(self) -> dict[str, torch.Tensor]:
+        """Canonical name -> this rank's tensor (a view into a fused parameter if fused)."""
+        views = {}
+        for name, param in self.named_parameters(remove_duplicate=True):
+            parts = self.fused_parts.get(name)
+            if parts is None:
+                views[name] = param.data
+                continue
+            row = 0
+            for part in parts:
+                rows = self.shapes[part][0]
+                views[part] = param.data[row:row + rows]
+                row += rows
+        return {n: views[n] for n in self.shapes if n in views}
+
+    def named_canonical_buffers(self) -> dict[str, torch.Tensor]:
+        return {n: b for n, b in self.named_buffers() if n.startswith("model.")}
+
+    # ----- forward (tp_size 1) -----------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of a llama-style decoder, computed in float32 from the loaded weights."""
+        if self.tp_size != 1:
+            raise NotImplementedError("the reference forward runs at tp_size=1 only")
+        spec, w = self.spec, {n: t.float() for n, t in self.canonical_views().items()}
+        tied_head = w["model.embed_tokens.weight"]
+        hidden = F.embedding(input_ids, w["model.embed_tokens.weight"])
+        seq = input_ids.shape[-1]
+        positions = torch.arange(seq, device=hidden.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.model.rotary_emb.inv_freq.float())
+        cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+
+        def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + spec.rms_norm_eps) * weight
+
+        def linear(x: torch.Tensor, prefix: str) -> torch.Tensor:
+            return F.linear(x, w[f"{prefix}.weight"], w.get(f"{prefix}.bias"))
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            half = x.shape[-1] // 2
+            return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+        for layer in range(spec.num_layers):
+            p = f"model.layers.{layer}"
+            x = rms_norm(hidden, w[f"{p}.input_layernorm.weight"])
+            heads = [linear(x, f"{p}.self_attn.{m}").unflatten(-1, (-1, spec.head_dim))
+                     .transpose(-2, -3) for m in ("q_proj", "k_proj", "v_proj")]
+            q, k, v = rotate(heads[0]), rotate(heads[1]), heads[2]
+            group = spec.num_heads // spec.num_kv_heads
+            k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                  scale=1.0 / math.sqrt(spec.head_dim))
+            hidden = hidden + linear(attn.transpose(-2, -3).flatten(-2), f"{p}.self_attn.o_proj")
+            x = rms_norm(hidden, w[f"{p}.post_attention_layernorm.weight"])
+            gated = F.silu(linear(x, f"{p}.mlp.gate_proj")) * linear(x, f"{p}.mlp.up_proj")
+            hidden = hidden + linear(gated, f"{p}.mlp.down_proj")
+        hidden = rms_norm(hidden, w["model.norm.weight"])
+        return F.linear(hidden, w.get("lm_head.weight", tied_head))
+
+    def tensors(self) -> Iterator[torch.Tensor]:
+        yield from self.parameters()
+        yield from self.buffers()

@@ -1,0 +1,112 @@
+"""Tensor-parallel partitioning of canonical parameters (simulated ranks).
+
+Column-parallel weights (q, k, v, gate, up, and the vocab rows of embed_tokens and
+lm_head) are sliced on dim 0, their biases too; row-parallel weights (o, down) on dim 1,
+their biases not at all; norms and everything else are replicated. When tp_size exceeds
+the kv heads, kv heads are replicated and rank r holds kv head r // (tp_size / KV).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from .contract import ModelSpec, UnsupportedLayoutError
+
+__all__ = ["RankSlice", "rank_slice", "check_tp", "rank_shapes", "gather_ranks"]
+
+_COLUMN = ("q_proj", "gate_proj", "up_proj")
+_KV = ("k_proj", "v_proj")
+_ROW = ("o_proj", "down_proj")
+_VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass(frozen=True)
+class RankSlice:
+    """Elements [start, stop) of dimension `dim` belong to the rank."""
+
+    dim: int
+    start: int
+    stop: int
+
+
+def check_tp(spec: ModelSpec, tp_size: int) -> None:
+    """Refuse a tp_size the spec cannot be split by, naming the dimension."""
+    problems = []
+    if tp_size not in (1, 2, 4, 8):
+        problems.append(f"tp_size={tp_size} is not a power of two up to 8")
+    for what, value in (("num_heads", spec.num_heads), ("intermediate_size",
+                        spec.intermediate_size), ("vocab_size", spec.vocab_size)):
+        if value % tp_size:
+            problems.append(f"{what}={value} is not divisible by tp_size={tp_size}")
+    kv = spec.num_kv_heads
+    if (tp_size <= kv and kv % tp_size) or (tp_size > kv and tp_size % kv):
+        problems.append(f"num_kv_heads={kv} and tp_size={tp_size}: neither divides the other")
+    if problems:
+        raise UnsupportedLayoutError("; ".join(problems), subject=f"tp_size={tp_size}")
+
+
+def _module(name: str) -> str:
+    parts = name.split(".")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int) -> RankSlice | None:
+    """The part of canonical parameter `name` that rank `rank` holds (None: all of it)."""
+    if tp_size == 1:
+        return None
+    module, is_weight = _module(name), name.endswith(".weight")
+    if name in _VOCAB:
+        per = spec.vocab_size // tp_size
+        return RankSlice(0, rank * per, (rank + 1) * per)
+    if not name.startswith("model.layers."):
+        return None
+    if module in _COLUMN:
+        full = spec.q_size if module == "q_proj" else spec.intermediate_size
+        per = full // tp_size
+        return RankSlice(0, rank * per, (rank + 1) * per)
+    if module in _KV:
+        d, kv = spec.head_dim, spec.num_kv_heads
+        if tp_size <= kv:
+            per = kv // tp_size * d
+            return RankSlice(0, rank * per, (rank + 1) * per)
+        head = rank // (tp_size // kv)
+        return RankSlice(0, head * d, (head + 1) * d)
+    if module in _ROW and is_weight:
+        full = spec.q_size if module == "o_proj" else spec.intermediate_size
+        per = full // tp_size
+        return RankSlice(1, rank * per, (rank + 1) * per)
+    return None
+
+
+def rank_shapes(spec: ModelSpec, tp_size: int, rank: int) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> the shape rank `rank` holds."""
+    shapes = {}
+    for name, shape in spec.parameter_shapes().items():
+        piece = rank_slice(spec, name, tp_size, rank)
+        if piece is not None:
+            shape = shape[:piece.dim] + (piece.stop - piece.start,) + shape[piece.dim + 1:]
+        shapes[name] = shape
+    return shapes
+
+
+def gather_ranks(spec: ModelSpec, states: Sequence[Mapping[str, torch.Tensor]]
+                 ) -> dict[str, torch.Tensor]:
+    """Reassemble the tp_size=1 state from every rank's state (in rank order)."""
+    tp_size = len(states)
+    full = {}
+    for name in states[0]:
+        first = rank_slice(spec, name, tp_size, 0)
+        if first is None:
+            full[name] = states[0][name]
+            continue
+        seen, pieces = set(), []
+        for rank, state in enumerate(states):
+            piece = rank_slice(spec, name, tp_size, rank)
+            if (piece.start, piece.stop) not in seen:  # replicated kv heads: keep one copy
+                seen.add((piece.start, piece.stop))
+                pieces.append(state[name])
+        full[name] = torch.cat(pieces, dim=first.dim)
+    return full
