@@ -20,10 +20,10 @@ from .contract import (CAPABILITIES, VARIANTS, CorruptCheckpointError, LoadError
                        UnexpectedKeysError, UnsupportedDtypeError, torch_dtype)
 from .dtypes import can_cast
 from .model import TinyDecoderLM
-from .names import TIED_HEAD_KEY, Slot, checkpoint_keys
-from .tp import check_tp, rank_slice
+from .names import TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
+from .tp import RankSlice, check_tp, rank_slice
 
-__all__ = ["ReferenceLoader", "LoadPlan", "plan_load", "DEFAULT_VARIANTS"]
+__all__ = ["ReferenceLoader", "LoadPlan", "Copy", "DEFAULT_VARIANTS"]
 
 DEFAULT_VARIANTS: Mapping[str, str] = {name: values[0] for name, values in VARIANTS.items()}
 
@@ -60,56 +60,15 @@ class LoadPlan:
         raise first
 
 
-def plan_load(spec: ModelSpec, entries: Mapping[str, TensorEntry], options: LoadOptions,
-              variants: Mapping[str, str]) -> LoadPlan:
-    """Map every key, check shapes and dtypes, count coverage; read nothing."""
-    plan, table = LoadPlan(), checkpoint_keys(spec)
-    shapes = spec.parameter_shapes()
-    covered_by: dict[str, str] = {}
-    for key in sorted(entries):
-        entry, target = entries[key], table.get(key)
-        if target is None:
-            if key == TIED_HEAD_KEY and spec.tie_word_embeddings \
-                    and variants["tied_checkpoint_head"] == "ignore":
-                plan.ignored.add(key)
-            else:
-                plan.unexpected.add(key)
-            continue
-        if entry.shape != target.shape:
-            plan.problems.append(ShapeMismatchError(
-                f"{key}: expected shape {list(target.shape)}, checkpoint has {list(entry.shape)}",
-                subject=key))
-            continue
-        param_dtype = spec.parameter_dtype(target.slots[0].canonical, options.dtype)
-        if not can_cast(entry.dtype, param_dtype):
-            plan.problems.append(UnsupportedDtypeError(
-                f"{key}: checkpoint dtype {entry.dtype} cannot load into a {param_dtype} "
-                f"parameter (only plain floats convert; int, bool and FP8 keep their dtype)",
-                subject=key))
-            continue
-        for slot in target.slots:
-            if slot.canonical in covered_by:
-                plan.problems.append(CorruptCheckpointError(
-                    f"{slot.canonical} is covered twice, by {covered_by[slot.canonical]} and "
-                    f"{key}", subject=slot.canonical))
-            covered_by[slot.canonical] = key
-            plan.copies.append(Copy(entry, slot))
-    plan.loaded = set(covered_by)
-    plan.missing = set(shapes) - plan.loaded
-    if plan.unexpected and (options.strict or variants["unexpected_keys"] == "raise"):
-        names = sorted(plan.unexpected)
-        plan.problems.append(UnexpectedKeysError(
-            f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0]))
-    if plan.missing and options.track:
-        names = sorted(plan.missing)
-        plan.problems.append(MissingWeightsError(
-            f"weights not initialized from the checkpoint: {', '.join(names)}", subject=names[0]))
-    return plan
-
-
 class ReferenceLoader:
     """The reference. `fused_params` picks the in-memory layout (vLLM-like fused q/k/v and
-    gate/up, or transformers-like separate modules); the canonical result is the same."""
+    gate/up, or transformers-like separate modules); the canonical result is the same.
+
+    A load is a fixed sequence of small steps (`entries`, `key_table`, `map_key`,
+    `plan`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
+    `copy_slot`, `finish`), each a method so that a loader under test (or a mutant in
+    tests/mutants/) can differ in exactly one of them.
+    """
 
     name = "reference"
     capabilities = frozenset(CAPABILITIES) - {"fp8_online", "fp8_serialized", "reload",
@@ -127,43 +86,120 @@ class ReferenceLoader:
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
         check_tp(spec, options.tp_size)
-        dtype = torch_dtype(options.dtype or spec.dtype)
         with open_checkpoint(checkpoint) as ckpt:
-            plan = plan_load(spec, ckpt.entries, options, self.variants)
+            plan = self.plan(spec, self.entries(ckpt), options)
             plan.raise_first()
-            host = "cpu"
-            build_on = "meta" if options.meta_init else host
-            model = TinyDecoderLM(spec, dtype=dtype, device=build_on, tp_size=options.tp_size,
-                                  tp_rank=options.tp_rank, fused=self.fused_params)
-            model.materialize(host, poison=options.poison)
+            model = self.build_model(spec, options)
+            self.materialize(model, options)
             views = model.canonical_views()
             for copy in plan.copies:
-                self._copy(ckpt, copy, views[copy.slot.canonical], spec, options)
-        model.move_to(options.device)
-        state = model.canonical_views()
+                self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
+        self.finish(model, options)
         return LoadResult(
-            state=state, buffers=model.named_canonical_buffers(),
+            state=model.canonical_views(), buffers=model.named_canonical_buffers(),
             loaded=frozenset(plan.loaded), missing=frozenset(plan.missing),
             unexpected=frozenset(plan.unexpected), ignored=frozenset(plan.ignored),
             aliases={"lm_head.weight": "model.embed_tokens.weight"}
             if spec.tie_word_embeddings else {},
             model=model)
 
-    @staticmethod
-    def _copy(ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
-              options: LoadOptions) -> None:
+    def forward(self, result: LoadResult, input_ids: torch.Tensor) -> torch.Tensor:
+        return result.model(input_ids)
+
+    # ----- the steps ---------------------------------------------------------------------
+    def entries(self, ckpt: Checkpoint) -> Mapping[str, TensorEntry]:
+        """The tensors to load: exactly those the index assigns (or the single file's)."""
+        return ckpt.entries
+
+    def key_table(self, spec: ModelSpec) -> Mapping[str, KeyTarget]:
+        return checkpoint_keys(spec)
+
+    def map_key(self, table: Mapping[str, KeyTarget], key: str) -> KeyTarget | None:
+        """Exact, whole-key lookup: one key feeds exactly the (parameter, rows) it names."""
+        return table.get(key)
+
+    def exempt_from_tracking(self, spec: ModelSpec, name: str) -> bool:
+        """Parameters the loader creates itself are not expected from the checkpoint; a
+        plain load creates none (online FP8 scales will be the only exemption)."""
+        return False
+
+    def plan(self, spec: ModelSpec, entries: Mapping[str, TensorEntry], options: LoadOptions
+             ) -> LoadPlan:
+        """Map every key, check shapes and dtypes, count coverage; read nothing."""
+        plan, table = LoadPlan(), self.key_table(spec)
+        covered_by: dict[str, str] = {}
+        for key in sorted(entries):  # the order tensors arrive in never matters
+            entry, target = entries[key], self.map_key(table, key)
+            if target is None:
+                if key == TIED_HEAD_KEY and spec.tie_word_embeddings \
+                        and self.variants["tied_checkpoint_head"] == "ignore":
+                    plan.ignored.add(key)
+                else:
+                    plan.unexpected.add(key)
+                continue
+            if entry.shape != target.shape:
+                plan.problems.append(ShapeMismatchError(
+                    f"{key}: expected shape {list(target.shape)}, checkpoint has "
+                    f"{list(entry.shape)}", subject=key))
+                continue
+            param_dtype = spec.parameter_dtype(target.slots[0].canonical, options.dtype)
+            if not can_cast(entry.dtype, param_dtype):
+                plan.problems.append(UnsupportedDtypeError(
+                    f"{key}: checkpoint dtype {entry.dtype} cannot load into a {param_dtype} "
+                    f"parameter (only plain floats convert; int, bool and FP8 keep their "
+                    f"dtype)", subject=key))
+                continue
+            for slot in target.slots:
+                if slot.canonical in covered_by:
+                    plan.problems.append(CorruptCheckpointError(
+                        f"{slot.canonical} is covered twice, by {covered_by[slot.canonical]} "
+                        f"and {key}", subject=slot.canonical))
+                covered_by[slot.canonical] = key
+                plan.copies.append(Copy(entry, slot))
+        plan.loaded = set(covered_by)
+        plan.missing = {n for n in spec.parameter_shapes()
+                        if n not in plan.loaded and not self.exempt_from_tracking(spec, n)}
+        if plan.unexpected and (options.strict or self.variants["unexpected_keys"] == "raise"):
+            names = sorted(plan.unexpected)
+            plan.problems.append(UnexpectedKeysError(
+                f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0]))
+        if plan.missing and options.track:
+            names = sorted(plan.missing)
+            plan.problems.append(MissingWeightsError(
+                f"weights not initialized from the checkpoint: {', '.join(names)}",
+                subject=names[0]))
+        return plan
+
+    def build_model(self, spec: ModelSpec, options: LoadOptions) -> TinyDecoderLM:
+        return TinyDecoderLM(spec, dtype=torch_dtype(options.dtype or spec.dtype),
+                             device="meta" if options.meta_init else "cpu",
+                             tp_size=options.tp_size, tp_rank=options.tp_rank,
+                             fused=self.fused_params)
+
+    def materialize(self, model: TinyDecoderLM, options: LoadOptions) -> None:
+        """Storage for every meta tensor on the host, before any weight arrives."""
+        model.materialize("cpu", poison=options.poison)
+
+    def rank_slice(self, spec: ModelSpec, name: str, options: LoadOptions) -> RankSlice | None:
+        return rank_slice(spec, name, options.tp_size, options.tp_rank)
+
+    def copy_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
+                  options: LoadOptions) -> None:
         """Read one slot of one checkpoint tensor, narrowed to this rank, into `dest`."""
         slot, entry = copy.slot, copy.entry
-        piece = rank_slice(spec, slot.canonical, options.tp_size, options.tp_rank)
-        rows = (slot.start, slot.stop)
+        piece = self.rank_slice(spec, slot.canonical, options)
+        rows = (slot.start, slot.stop) if entry.shape else None
         if piece is not None and piece.dim == 0:
             rows = (slot.start + piece.start, slot.start + piece.stop)
-        direct = (piece is None or piece.dim == 0) and entry.dtype == dest.dtype \
-            and dest.is_contiguous()
-        if direct:  # the common case: bytes go straight from the file into the parameter
-            ckpt.read_into(entry, dest, rows if entry.shape else None)
+        if (piece is None or piece.dim == 0) and entry.dtype == dest.dtype \
+                and dest.is_contiguous():
+            ckpt.read_into(entry, dest, rows)  # bytes go straight from the file to the param
             return
-        source = ckpt.read(entry, rows if entry.shape else None)
+        source = ckpt.read(entry, rows)
         if piece is not None and piece.dim == 1:
             source = source[:, piece.start:piece.stop]
         dest.copy_(source)  # float -> float rounds to nearest even, as Tensor.to does
+
+    def finish(self, model: TinyDecoderLM, options: LoadOptions) -> None:
+        """The device move after loading: device only, never dtype."""
+        model.move_to(options.device)

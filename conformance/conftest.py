@@ -1,0 +1,113 @@
+"""pytest plugin of the suite: options, profiles, the loader (validated once, up front), the
+capability table in the report header, and capability-based skips."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from conformance.profiles import DEFAULT_PROFILE, register_profiles
+
+register_profiles()  # before Hypothesis' own plugin reads --hypothesis-profile
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("loadcheck")
+    group.addoption("--loader", default=None,
+                    help="loader under test: reference, an adapter name, a module, or module:attr")
+    group.addoption("--device", default=None, help="device to load onto (cpu, cuda, cuda:1)")
+    group.addoption("--records", default=None, help="directory for divergence records")
+    parser.addini("loadcheck_loader", "default for --loader", default="reference")
+    parser.addini("loadcheck_device", "default for --device", default="cpu")
+    parser.addini("loadcheck_records", "default for --records", default="results")
+
+
+def _seed(config: pytest.Config, derandomized: bool) -> int | None:
+    """The run's seed: --hypothesis-seed, else (for random profiles) one chosen by the
+    controller and handed to every xdist worker, so one re-run command fits all."""
+    given = config.getoption("hypothesis_seed", None)
+    if given is not None:
+        return int(given)
+    if derandomized:
+        return None
+    worker_input = getattr(config, "workerinput", None)
+    if worker_input and "loadcheck_seed" in worker_input:
+        return worker_input["loadcheck_seed"]
+    return random.randrange(2**32)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import core, settings
+
+    from conformance.loaders import LoaderResolutionError, resolve
+    from conformance.records import RecordWriter, run_metadata
+    from conformance.session import RunConfig, configure
+
+    config.addinivalue_line("markers", "requires(*capabilities): skip unless the loader "
+                            "claims every capability")
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile(DEFAULT_PROFILE)
+    profile = settings.get_current_profile_name()
+    name = config.getoption("--loader") or config.getini("loadcheck_loader")
+    try:
+        candidate = resolve(name)
+    except LoaderResolutionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    seed = _seed(config, settings.default.derandomize)
+    if seed is not None:
+        core.global_force_seed = seed
+    config._loadcheck_seed = seed
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    records = RecordWriter(Path(config.getoption("--records") or config.getini("loadcheck_records")),
+                           worker)
+    device = config.getoption("--device") or config.getini("loadcheck_device")
+    configure(RunConfig(loader_name=name, candidate=candidate, device=device, profile=profile,
+                        seed=seed, records=records))
+    config._loadcheck_metadata = run_metadata(
+        loader=name, loader_version=str(candidate.version), device=device, profile=profile,
+        seed=seed)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist: one seed for the whole run
+    node.workerinput["loadcheck_seed"] = node.config._loadcheck_seed
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from conformance.session import current
+    current().records.write(session.config._loadcheck_metadata)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from reference.contract import CAPABILITIES
+    from conformance.session import current
+    run = current()
+    loader = run.candidate
+    claimed = run.capabilities
+    lines = [f"loadcheck: loader {run.loader_name!r} ({type(loader).__module__}."
+             f"{type(loader).__qualname__}) version {loader.version}; device {run.device}; "
+             f"hypothesis profile {run.profile!r}, seed "
+             f"{run.seed if run.seed is not None else 'derandomized'}; records "
+             f"{run.records.directory}/"]
+    lines.append("loadcheck capabilities: " + "  ".join(
+        f"{'+' if cap in claimed else '-'}{cap}" for cap in CAPABILITIES))
+    if loader.variants:
+        lines.append("loadcheck variants: " + ", ".join(
+            f"{k}={v}" for k, v in sorted(dict(loader.variants).items())))
+    return lines
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from conformance.session import current
+    run = current()
+    for marker in item.iter_markers("requires"):
+        lacking = [cap for cap in marker.args if cap not in run.capabilities]
+        if lacking:
+            pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
+    if run.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            pytest.skip(f"--device {run.device}: no CUDA device on this machine")

@@ -1,0 +1,153 @@
+"""The steps every property shares: write a case's checkpoint, load it with the reference
+and the candidate, compare, and on a divergence fail with a message a loader author can
+act on (and write the record, once Hypothesis has shrunk the example)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from hypothesis import note
+from hypothesis.control import current_build_context
+from hypothesis.errors import InvalidArgument
+
+from generators.cases import LoadCase
+from generators.checkpoints import CheckpointPlan
+from reference.contract import INDEX_FILE, LoadOptions
+from reference.names import layout_keys
+from reference.tp import rank_slice
+from .compare import Divergence, Outcome, compare_outcomes, run_outcome
+from .session import current
+
+__all__ = ["written", "load_both", "check_case", "fail_on", "provenance", "name_sets",
+           "rerun_command", "count_example"]
+
+# Name sets compared only when the candidate claims the capability that defines them.
+_NAME_SETS = {"track": ("loaded", "missing"), "strict": ("unexpected", "ignored")}
+
+
+def name_sets(capabilities: frozenset[str]) -> tuple[str, ...]:
+    return tuple(n for cap, names in _NAME_SETS.items() if cap in capabilities for n in names)
+
+
+def _nodeid() -> str:
+    return os.environ.get("PYTEST_CURRENT_TEST", "conformance").split(" ")[0]
+
+
+def rerun_command() -> str:
+    """The one line that replays this test's failure (derandomized profiles replay as is;
+    others need the seed)."""
+    run = current()
+    parts = ["pytest", _nodeid(), "--loader", run.loader_name, f"--hypothesis-profile={run.profile}"]
+    if run.seed is not None:
+        parts.append(f"--hypothesis-seed={run.seed}")
+    if run.device != "cpu":
+        parts.append(f"--device={run.device}")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def count_example() -> None:
+    run, nodeid = current(), _nodeid()
+    run.examples[nodeid] = run.examples.get(nodeid, 0) + 1
+
+
+@contextmanager
+def written(plan: CheckpointPlan) -> Iterator[Path]:
+    """A fresh directory holding the plan's checkpoint, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="loadcheck-") as tmp:
+        yield plan.write(Path(tmp) / "checkpoint")
+
+
+def load_both(case: LoadCase, directory: Path, options: LoadOptions | None = None
+              ) -> tuple[Outcome, Outcome]:
+    run, options = current(), options or case.options
+    spec = case.plan.spec
+    expected = run_outcome(lambda: run.reference.load(str(directory), spec, options))
+    found = run_outcome(lambda: run.candidate.load(str(directory), spec, options))
+    return expected, found
+
+
+def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | None = None
+               ) -> Callable[[str], str]:
+    """canonical name -> 'rows a:b of checkpoint key K (file F); tp rank r/n holds ...'."""
+    options, spec = options or case.options, case.plan.spec
+    source = {}
+    for key, target in layout_keys(spec, case.plan.fused).items():
+        for slot in target.slots:
+            rows = f"rows {slot.start}:{slot.stop} of " if len(target.slots) > 1 else ""
+            source[slot.canonical] = f"{rows}checkpoint key {key!r}"
+    weight_map = {}
+    if directory is not None and (directory / INDEX_FILE).exists():
+        import json
+        weight_map = json.loads((directory / INDEX_FILE).read_text()).get("weight_map", {})
+
+    def where(name: str) -> str:
+        text = source.get(name, "")
+        key = re.search(r"key '([^']+)'", text)
+        if key and key.group(1) in weight_map:
+            text += f" in {weight_map[key.group(1)]}"
+        piece = rank_slice(spec, name, options.tp_size, options.tp_rank)
+        if piece is not None:
+            text += (f"; tp rank {options.tp_rank}/{options.tp_size} holds [{piece.start}:"
+                     f"{piece.stop}] of dim {piece.dim}")
+        return text
+    return where
+
+
+def fail_on(divergences: list[Divergence], prop: str, case: LoadCase,
+            directory: Path | None = None, title: str = "") -> None:
+    """Raise a readable AssertionError (and write the record, on the final replay)."""
+    if not divergences:
+        return
+    run, nodeid = current(), _nodeid()
+    run.first_failure.setdefault(nodeid, run.examples.get(nodeid, 0))
+    command = rerun_command()
+    lines = [f"loadcheck: {run.loader_name} diverges from the reference [{prop}]"
+             + (f": {title}" if title else ""),
+             f"  case: {case.summary()}"]
+    lines += [f"  - {d.message}" for d in divergences[:12]]
+    if len(divergences) > 12:
+        lines.append(f"  ... and {len(divergences) - 12} more divergences")
+    lines.append(f"  re-run: {command}")
+    message = "\n".join(lines)
+    try:
+        final = current_build_context().is_final
+    except InvalidArgument:  # not under Hypothesis
+        final = True
+    if final:
+        note(message)
+        record = {
+            "type": "divergence", "property": prop, "test": nodeid, "loader": run.loader_name,
+            "case": case.summary(), "spec": case.plan.spec.to_dict(),
+            "checkpoint": case.plan.summary(), "options": case.options.summary(),
+            "plan": repr(case.plan), "rerun": command,
+            "examples_before_failure": run.first_failure[nodeid],
+            "divergences": [vars(d) for d in divergences],
+        }
+        if directory is not None and directory.exists():
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-80:]
+            target = run.records.directory / "repro" / slug
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(directory, target)
+            record["repro_checkpoint"] = str(target)
+        run.records.write(record)
+    raise AssertionError(message)
+
+
+def check_case(case: LoadCase, prop: str) -> tuple[Outcome, Outcome]:
+    """The standard property: the candidate's outcome equals the reference's."""
+    count_example()
+    run = current()
+    with written(case.plan) as directory:
+        expected, found = load_both(case, directory)
+        divergences = compare_outcomes(expected, found, name_sets=name_sets(run.capabilities),
+                                       device=case.options.device,
+                                       where=provenance(case, directory))
+        fail_on(divergences, prop, case, directory)
+    return expected, found

@@ -1,0 +1,71 @@
+"""`--loader NAME` -> a validated Loader, or one clear error.
+
+NAME is a built-in (`reference`, `reference-split`), a real-library adapter
+(`transformers`, `accelerate`, `torchao`, `vllm`: imported only when named), an importable
+module exposing `loader` (an instance) or `make_loader()`, or `module:attr`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+__all__ = ["LoaderResolutionError", "resolve", "ADAPTERS"]
+
+ADAPTERS = {name: f"conformance.adapters.{name}" for name in
+            ("transformers", "accelerate", "torchao", "vllm")}
+
+
+class LoaderResolutionError(Exception):
+    pass
+
+
+def _builtin(name: str) -> Any:
+    from reference.loading import ReferenceLoader
+    if name == "reference":
+        return ReferenceLoader()
+    if name == "reference-split":
+        loader = ReferenceLoader(fused_params=False)
+        loader.name = "reference-split"
+        return loader
+    return None
+
+
+def resolve(name: str) -> Any:
+    """Import and validate the loader NAME names; raise LoaderResolutionError otherwise."""
+    builtin = _builtin(name)
+    if builtin is not None:
+        return builtin
+    module_name, _, attr = (ADAPTERS.get(name, name)).partition(":")
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        hint = (f"adapter {name!r} is not available in this installation"
+                if name in ADAPTERS else f"no importable module {module_name!r}")
+        raise LoaderResolutionError(
+            f"--loader {name}: {hint}; use 'reference', an adapter "
+            f"({', '.join(sorted(ADAPTERS))}), a module exposing `loader` or `make_loader()`, "
+            f"or module:attr")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise LoaderResolutionError(f"--loader {name}: importing {module_name} failed: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+    candidates = [attr] if attr else ["loader", "make_loader"]
+    obj = next((getattr(module, a) for a in candidates if hasattr(module, a)), None)
+    if obj is None:
+        raise LoaderResolutionError(f"--loader {name}: {module_name} has no "
+                                    f"{' or '.join(candidates)}")
+    if callable(obj) and not hasattr(obj, "load"):
+        obj = obj()
+    elif isinstance(obj, type):
+        obj = obj()
+    from reference.contract import check_loader
+    problems = check_loader(obj)
+    if problems:
+        raise LoaderResolutionError(f"--loader {name}: not a loadcheck Loader: "
+                                    + "; ".join(problems))
+    return obj

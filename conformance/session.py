@@ -1,0 +1,50 @@
+"""The run's configuration, set once by the pytest plugin and read by the properties."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from reference.contract import Loader
+from reference.loading import ReferenceLoader
+from .records import RecordWriter
+
+__all__ = ["RunConfig", "configure", "current"]
+
+
+@dataclass
+class RunConfig:
+    loader_name: str
+    candidate: Loader
+    device: str
+    profile: str
+    seed: int | None
+    records: RecordWriter
+    # nodeid -> examples run so far, and the example number of the first failure.
+    examples: dict[str, int] = field(default_factory=dict)
+    first_failure: dict[str, int] = field(default_factory=dict)
+
+    @cached_property
+    def reference(self) -> ReferenceLoader:
+        """The reference under the candidate's declared semantic variants."""
+        return ReferenceLoader(variants=dict(self.candidate.variants))
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self.candidate.capabilities)
+
+
+_current: RunConfig | None = None
+
+
+def configure(config: RunConfig) -> None:
+    global _current
+    _current = config
+
+
+def current() -> RunConfig:
+    if _current is None:
+        raise RuntimeError("loadcheck is not configured: run the suite with "
+                           "`pytest conformance --loader NAME`")
+    return _current

@@ -1,0 +1,150 @@
+"""Loading (P1, P2, P14, dtypes, order): split / fused / sharded / TP checkpoints load into
+exactly the reference's canonical state, every allocation written (poisoned first)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from generators.cases import LoadCase, load_cases
+from generators.checkpoints import checkpoint_plans
+from generators.specs import model_specs
+from reference.tp import gather_ranks
+from .compare import Divergence, compare_states, run_outcome
+from .harness import check_case, count_example, fail_on, load_both, written
+from .session import current
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
+def test_load_matches_reference(data):
+    """P1 + P2: any layout, shard count, TP rank and dtype gives the reference's state."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, device=run.device, tp=True, extras=True,
+                                dtype_override=True), label="case")
+    check_case(case, "P2 coverage")
+
+
+@pytest.mark.requires("load", "fused_on_disk")
+@given(data=st.data())
+def test_split_and_fused_on_disk_agree(data):
+    """P1: the same weights split on disk and fused on disk load bit-identically."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, device=run.device, tp=True), label="case")
+    states = {}
+    for fused in (False, True):
+        one = LoadCase(replace(case.plan, fused=fused), case.options)
+        expected, found = check_case(one, "P1 split/fused")
+        states[fused] = found.result.state if found.result else {}
+    fail_on(compare_states(states[False], states[True],
+                           where=lambda n: "fused-on-disk load vs split-on-disk load"),
+            "P1 split/fused", case, title="fused-on-disk and split-on-disk loads differ")
+
+
+@pytest.mark.requires("load", "tp")
+@given(data=st.data())
+def test_gathered_ranks_equal_tp1(data):
+    """P1: gathering every rank's slices gives the tp=1 state; ranks hold distinct q slices."""
+    run = current()
+    count_example()
+    tp_size = data.draw(st.sampled_from([2, 4]), label="tp_size")
+    spec = data.draw(model_specs(tp_size=tp_size), label="spec")
+    plan = data.draw(checkpoint_plans(spec, fused_choices=(spec.fused_on_disk_natively,)),
+                     label="plan")
+    base = data.draw(load_cases(run.capabilities, device=run.device), label="options").options
+    with written(plan) as directory:
+        states, references = [], []
+        for rank in range(tp_size):
+            case = LoadCase(plan, replace(base, tp_size=tp_size, tp_rank=rank))
+            expected, found = load_both(case, directory)
+            if found.result is None or expected.result is None:
+                fail_on([Divergence("error", f"rank {rank}", f"rank {rank}/{tp_size}: reference "
+                                    f"{expected.describe()}; candidate {found.describe()}")],
+                        "P1 tensor parallel", case, directory)
+            states.append(found.result.state)
+            references.append(expected.result.state)
+        case = LoadCase(plan, replace(base, tp_size=1, tp_rank=0))
+        expected_full = gather_ranks(spec, references)
+        divergences = compare_states(expected_full, gather_ranks(spec, states),
+                                     where=lambda n: f"gathered over {tp_size} ranks")
+        for name in (n for n in expected_full if ".q_proj.weight" in n):
+            same = [r for r in range(1, tp_size) if torch.equal(states[r][name], states[0][name])
+                    and not torch.equal(references[r][name], references[0][name])]
+            if same:
+                divergences.append(Divergence("tensor", name, f"{name}: ranks {[0] + same} "
+                                              f"hold the same q slice; each rank must hold its own"))
+        fail_on(divergences, "P1 tensor parallel", case, directory,
+                title=f"gathered ranks differ from the tp=1 state (tp_size={tp_size})")
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
+def test_name_mapping_is_exact(data):
+    """P14: near-miss keys (qq_proj, layers.03, a suffix, a prefix) feed nothing."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, device=run.device, extra_keys=True),
+                     label="case")
+    check_case(case, "P14 name mapping")
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
+def test_dtype_rules(data):
+    """Floats round to nearest even; int, bool and FP8 keep their dtype; float into int fails."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, device=run.device, extras=True,
+                                wrong_dtype=True, wrong_shape=True, dtype_override=True),
+                     label="case")
+    check_case(case, "dtype rules")
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
+def test_result_independent_of_tensor_order(data):
+    """The order of tensors in files (and how they are spread over shards) never matters."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, device=run.device, tp=True), label="case")
+    other_order = data.draw(st.integers(0, 2**16), label="other_order_seed")
+    other_shards = data.draw(st.integers(1, case.plan.shards), label="other_shards")
+    _, first = check_case(case, "order")
+    shuffled = LoadCase(replace(case.plan, order_seed=other_order, shards=other_shards),
+                        case.options)
+    _, second = check_case(shuffled, "order")
+    if first.result and second.result:
+        fail_on(compare_states(first.result.state, second.result.state,
+                               where=lambda n: "same weights, another tensor order"),
+                "order", shuffled, title="the result depends on tensor order")
+
+
+@pytest.mark.requires("load", "forward")
+@given(data=st.data())
+def test_forward_logits(data):
+    """Logits of the tiny decoder equal the reference's within the dtype's tolerance."""
+    run = current()
+    count_example()
+    case = data.draw(load_cases(run.capabilities, device=run.device), label="case")
+    ids = data.draw(st.lists(st.integers(0, case.plan.spec.vocab_size - 1), min_size=1,
+                             max_size=6), label="input_ids")
+    with written(case.plan) as directory:
+        expected, found = load_both(case, directory)
+        if expected.result is None or found.result is None:
+            return  # error agreement is test_load_matches_reference's job
+        input_ids = torch.tensor([ids])
+        want = run.reference.forward(expected.result, input_ids).float().cpu()
+        got = run_outcome(lambda: run.candidate.forward(found.result, input_ids))
+        tolerance = 1e-4 if (case.options.dtype or case.plan.spec.dtype) == "float32" else 3e-2
+        problem = None
+        if got.error is not None:
+            problem = f"forward raised {type(got.error).__name__}: {got.error}"
+        else:
+            logits = got.result.float().cpu()
+            try:
+                torch.testing.assert_close(logits, want, rtol=tolerance, atol=tolerance)
+            except AssertionError as exc:
+                problem = f"logits differ from the reference's: {str(exc).splitlines()[1:4]}"
+        if problem:
+            fail_on([Divergence("logits", "logits", problem, {"input_ids": ids})],
+                    "forward", case, directory)

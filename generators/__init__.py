@@ -1,0 +1,1 @@
+"""Hypothesis strategies that produce the reference's objects and checkpoint files."""

@@ -1,0 +1,179 @@
+"""Checkpoint plans: a spec's weights in one on-disk layout, with deliberate defects.
+
+A :class:`CheckpointPlan` is a small, readable value (what Hypothesis prints and shrinks);
+`write(directory)` turns it into files any real loader can open. Layouts: split or fused
+q/k/v and gate/up, one file or 2-4 shards with an index, any key order. Defects: dropped
+keys (a single missing bias, say), near-miss and extra keys, extra int tensors, a wrong
+shape, a float tensor for an integer parameter, keys fed twice, a stray unindexed shard.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hypothesis import strategies as st
+
+from reference.checkpoint import write_checkpoint, write_safetensors
+from reference.contract import DTYPES, ModelSpec, torch_dtype
+from reference.dtypes import PLAIN_FLOATS
+from reference.names import layout_keys, to_checkpoint_tensors
+from .tensors import seeded_tensor
+
+__all__ = ["CheckpointPlan", "ExtraKey", "checkpoint_plans", "canonical_tensors",
+           "near_miss_keys", "STRAY_FILE"]
+
+# A stray full checkpoint beside the shards, as some repos ship `consolidated.safetensors`.
+STRAY_FILE = "consolidated.safetensors"
+
+
+@dataclass(frozen=True)
+class ExtraKey:
+    """A key no parameter has (written with its own dtype and shape)."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    spec: ModelSpec
+    fused: bool = False                 # q/k/v and gate/up fused on disk
+    disk_dtype: str = "float32"          # dtype of float weights on disk
+    shards: int = 1                      # 1: model.safetensors; more: shards + index
+    order_seed: int = 0                  # key order in files and shard assignment
+    data_seed: int = 0
+    dropped: tuple[str, ...] = ()        # keys of the layout left out
+    extra_keys: tuple[ExtraKey, ...] = ()
+    wrong_shape: tuple[str, ...] = ()    # keys written with one more row
+    float_into_int: tuple[str, ...] = ()  # int / bool / FP8 keys written as float32
+    doubled: tuple[str, ...] = ()        # split keys also written inside a fused key
+    stray_file: bool = False             # an unindexed full checkpoint with other values
+    head_in_tied: bool = False           # lm_head.weight written although tied
+
+    # ----- the tensors ----------------------------------------------------------------
+    def canonical(self) -> dict[str, torch.Tensor]:
+        """The values the reference will hold, in the disk dtype, per canonical name."""
+        return canonical_tensors(self.spec, self.data_seed, torch_dtype(self.disk_dtype))
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        """(key, tensor) in the order they are written."""
+        tensors = to_checkpoint_tensors(self.spec, self.canonical(), self.fused)
+        if self.head_in_tied and self.spec.tie_word_embeddings:
+            tensors["lm_head.weight"] = seeded_tensor(self.data_seed + 7, torch.float32, (
+                self.spec.vocab_size, self.spec.hidden_size)).to(torch_dtype(self.disk_dtype))
+        for key in self.dropped:
+            tensors.pop(key, None)
+        for key in self.wrong_shape:
+            t = tensors[key]
+            tensors[key] = torch.cat([t, t[:1]]) if t.dim() else t.reshape(1)
+        for key in self.float_into_int:
+            tensors[key] = tensors[key].float()
+        other = to_checkpoint_tensors(self.spec, self.canonical(), not self.fused)
+        for key in self.doubled:
+            tensors[key] = other[key]
+        for i, extra in enumerate(self.extra_keys):
+            tensors[extra.key] = seeded_tensor(self.data_seed + 100 + i,
+                                               torch_dtype(extra.dtype), extra.shape)
+        items = sorted(tensors.items())
+        random.Random(self.order_seed).shuffle(items)
+        return items
+
+    def write(self, directory: Path) -> Path:
+        items = self.items()
+        count = max(1, min(self.shards, len(items)))
+        rng = random.Random(self.order_seed + 1)
+        shards: list[list] = [[] for _ in range(count)]
+        for i, item in enumerate(items):  # every shard gets one, then at random
+            shards[i if i < count else rng.randrange(count)].append(item)
+        write_checkpoint(directory, self.spec.to_hf_config(), shards)
+        if self.stray_file and count > 1:
+            stray = canonical_tensors(self.spec, self.data_seed + 1,
+                                      torch_dtype(self.disk_dtype))
+            write_safetensors(directory / STRAY_FILE,
+                              sorted(to_checkpoint_tensors(self.spec, stray, self.fused).items()))
+        return directory
+
+    def summary(self) -> str:
+        """One readable line: layout, then each defect."""
+        parts = ["fused" if self.fused else "split", f"disk={self.disk_dtype}",
+                 f"{self.shards} shards" if self.shards > 1 else "1 file"]
+        for label, keys in (("dropped", self.dropped), ("wrong shape", self.wrong_shape),
+                            ("float into int", self.float_into_int), ("fed twice", self.doubled),
+                            ("extra", tuple(e.key for e in self.extra_keys))):
+            if keys:
+                parts.append(f"{label}: {', '.join(keys)}")
+        if self.stray_file and self.shards > 1:
+            parts.append(f"stray {STRAY_FILE}")
+        if self.head_in_tied and self.spec.tie_word_embeddings:
+            parts.append("lm_head.weight in a tied checkpoint")
+        return "; ".join(parts)
+
+
+def canonical_tensors(spec: ModelSpec, seed: int, disk_dtype: torch.dtype
+                      ) -> dict[str, torch.Tensor]:
+    """Seeded values per canonical parameter: floats in `disk_dtype`, extras in their own."""
+    out = {}
+    for i, (name, shape) in enumerate(spec.parameter_shapes().items()):
+        dtype = spec.parameter_dtype(name)
+        out[name] = seeded_tensor(seed * 1000 + i, torch.float32 if dtype in PLAIN_FLOATS
+                                  else dtype, shape)
+        if dtype in PLAIN_FLOATS:
+            out[name] = out[name].to(disk_dtype)
+    return out
+
+
+def near_miss_keys(key: str) -> list[str]:
+    """Keys that a substring or prefix match would confuse with `key`, and exact per-
+    component mapping must not: a doubled letter, a zero-padded index, a suffix, a prefix."""
+    parts = key.split(".")
+    out = [".".join(parts[:-2] + ["q" + parts[-2]] + parts[-1:])] if len(parts) >= 2 else []
+    out += [".".join(p if not p.isdigit() else "0" + p for p in parts)] if any(
+        p.isdigit() for p in parts) else []
+    out += [key + "_scale", "base_model." + key]
+    return [k for k in out if k != key]
+
+
+@st.composite
+def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_shards: int = 4,
+                     min_shards: int = 1,
+                     drop: bool = False, extra: bool = False, wrong_shape: bool = False,
+                     wrong_dtype: bool = False, doubled: bool = False, stray: bool = False
+                     ) -> CheckpointPlan:
+    """A plan for `spec`. Each defect flag allows that defect; none is forced."""
+    fused = draw(st.sampled_from(fused_choices))
+    keys = sorted(layout_keys(spec, fused))
+    plan = dict(fused=fused, disk_dtype=draw(st.sampled_from((spec.dtype,) + DTYPES)),
+                shards=draw(st.integers(min(min_shards, max_shards), max_shards)), order_seed=draw(st.integers(0, 2**16)),
+                data_seed=draw(st.integers(0, 2**16)))
+    if drop:
+        biases = [k for k in keys if k.endswith(".bias")]
+        # A single missing bias is the seed-004 case: weigh it, then any set of keys.
+        plan["dropped"] = tuple(draw(st.one_of(
+            st.just([]), st.sampled_from(biases).map(lambda k: [k]) if biases else st.just([]),
+            st.lists(st.sampled_from(keys), max_size=3, unique=True))))
+    if extra:
+        near = st.sampled_from(keys).flatmap(lambda k: st.sampled_from(near_miss_keys(k)))
+        extras = st.builds(ExtraKey, key=st.one_of(near, st.just("model.layers.0.mlp.g_idx"),
+                                                   st.just("model.unused_buffer")),
+                           dtype=st.sampled_from(["float32", "int32", "bool", "int8"]),
+                           shape=st.sampled_from([(4,), (2, 2)]))
+        chosen = draw(st.lists(extras, max_size=2, unique_by=lambda e: e.key))
+        plan["extra_keys"] = tuple(e for e in chosen if e.key not in keys)
+        plan["head_in_tied"] = draw(st.booleans())
+    if wrong_shape:
+        plan["wrong_shape"] = tuple(draw(st.lists(st.sampled_from(keys), max_size=1)))
+    if wrong_dtype:
+        typed = [e.canonical_name for e in spec.extras]
+        plan["float_into_int"] = tuple(draw(st.lists(st.sampled_from(typed), max_size=1))) \
+            if typed else ()
+    if doubled:
+        other = sorted(set(layout_keys(spec, not fused)) - set(keys))
+        plan["doubled"] = tuple(draw(st.lists(st.sampled_from(other), max_size=1))) \
+            if other else ()
+    if stray:
+        plan["stray_file"] = draw(st.booleans())
+    return CheckpointPlan(spec=spec, **plan)
