@@ -21,11 +21,15 @@ def _database() -> DirectoryBasedExampleDatabase:
                                                         ".hypothesis/loadcheck-examples"))
 
 
+# The explain phase re-runs a failure hundreds of times to say which parts vary; on a
+# load-and-compare property that costs ~50 s per failure, so only `nightly` keeps it.
+_NO_EXPLAIN = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
+
 PROFILES = {
     # fast local iteration: few examples, random, remembers failures
-    "dev": dict(max_examples=10, derandomize=False),
+    "dev": dict(max_examples=10, derandomize=False, phases=_NO_EXPLAIN),
     # pull requests and CI: derandomized, so every run draws the same examples
-    "pr": dict(max_examples=PR_EXAMPLES, derandomize=True, database=None),
+    "pr": dict(max_examples=PR_EXAMPLES, derandomize=True, database=None, phases=_NO_EXPLAIN),
     # nightly: 10x the examples, random, with a persisted example database
     "nightly": dict(max_examples=10 * PR_EXAMPLES, derandomize=False),
     # replay what the database holds (and shrink it), generate nothing new

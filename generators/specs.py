@@ -48,7 +48,8 @@ def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bo
     return ModelSpec(
         family=family,
         vocab_size=tp_size * draw(st.integers(2, 8)) * 2,
-        hidden_size=draw(st.sampled_from([8, 16, 32])),
+        # transformers' LlamaConfig refuses hidden_size % num_heads != 0 even with head_dim set.
+        hidden_size=draw(st.sampled_from([h for h in (8, 16, 32) if h % num_heads == 0])),
         intermediate_size=tp_size * draw(st.integers(1, 6)) * 2,
         num_layers=draw(st.integers(1, max_layers)),
         num_heads=num_heads,

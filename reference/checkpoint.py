@@ -136,6 +136,7 @@ class Checkpoint:
         self.entries = entries
         self.sharded = sharded
         self._files: dict[str, Any] = {}
+        self._mappings: dict[str, torch.UntypedStorage] = {}
 
     def config(self) -> dict[str, Any]:
         path = self.directory / CONFIG_FILE
@@ -175,10 +176,31 @@ class Checkpoint:
             shape[0] = rows[1] - rows[0]
         return self.read_into(entry, torch.empty(shape, dtype=entry.dtype), rows)
 
+    def map(self, entry: TensorEntry, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """A CPU tensor over a private (copy-on-write) mapping of the file holding exactly
+        `entry`'s bytes (or rows of them): no copy, and writes to it never reach the file.
+        None when the data is not aligned to the element size (then the caller copies)."""
+        itemsize = entry.dtype.itemsize
+        start, stop = rows if rows is not None else (0, entry.shape[0] if entry.shape else 1)
+        offset = entry.offset + start * entry.row_bytes
+        if offset % itemsize:
+            return None
+        storage = self._mappings.get(entry.file)
+        if storage is None:
+            path = self.directory / entry.file
+            storage = torch.UntypedStorage.from_file(str(path), shared=False,
+                                                     nbytes=path.stat().st_size)
+            self._mappings[entry.file] = storage
+        shape = list(entry.shape)
+        if rows is not None and shape:
+            shape[0] = stop - start
+        return torch.empty(0, dtype=entry.dtype).set_(storage, offset // itemsize, shape)
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()
         self._files.clear()
+        self._mappings.clear()  # tensors over a mapping keep it alive on their own
 
     def __enter__(self) -> "Checkpoint":
         return self

@@ -64,9 +64,12 @@ class ReferenceLoader:
     """The reference. `fused_params` picks the in-memory layout (vLLM-like fused q/k/v and
     gate/up, or transformers-like separate modules); the canonical result is the same.
 
+    `map_weights` lets whole parameters whose bytes need no conversion share a private
+    copy-on-write mapping of the file (as safetensors does) instead of a copy.
+
     A load is a fixed sequence of small steps (`entries`, `key_table`, `map_key`,
     `plan`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
-    `copy_slot`, `finish`), each a method so that a loader under test (or a mutant in
+    `map_slot`, `copy_slot`, `finish`), each a method so that a loader under test (or a mutant in
     tests/mutants/) can differ in exactly one of them.
     """
 
@@ -75,9 +78,11 @@ class ReferenceLoader:
                                               "offload", "cuda"} | (
         {"cuda"} if torch.cuda.is_available() else set())
 
-    def __init__(self, variants: Mapping[str, str] | None = None, fused_params: bool = True):
+    def __init__(self, variants: Mapping[str, str] | None = None, fused_params: bool = True,
+                 map_weights: bool = True):
         self.variants = {**DEFAULT_VARIANTS, **(variants or {})}
         self.fused_params = fused_params
+        self.map_weights = map_weights
 
     @property
     def version(self) -> str:
@@ -93,7 +98,9 @@ class ReferenceLoader:
             self.materialize(model, options)
             views = model.canonical_views()
             for copy in plan.copies:
-                self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
+                mapped = self.map_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
+                if mapped is None or not model.adopt(copy.slot.canonical, mapped):
+                    self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
         self.finish(model, options)
         return LoadResult(
             state=model.canonical_views(), buffers=model.named_canonical_buffers(),
@@ -183,14 +190,30 @@ class ReferenceLoader:
     def rank_slice(self, spec: ModelSpec, name: str, options: LoadOptions) -> RankSlice | None:
         return rank_slice(spec, name, options.tp_size, options.tp_rank)
 
-    def copy_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
-                  options: LoadOptions) -> None:
-        """Read one slot of one checkpoint tensor, narrowed to this rank, into `dest`."""
+    def _rows(self, copy: Copy, spec: ModelSpec, options: LoadOptions):
+        """This rank's piece of a slot, and the rows of the checkpoint tensor it reads."""
         slot, entry = copy.slot, copy.entry
         piece = self.rank_slice(spec, slot.canonical, options)
         rows = (slot.start, slot.stop) if entry.shape else None
         if piece is not None and piece.dim == 0:
             rows = (slot.start + piece.start, slot.start + piece.stop)
+        return piece, rows
+
+    def map_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
+                 options: LoadOptions) -> torch.Tensor | None:
+        """The slot's bytes as a copy-on-write file mapping, when nothing needs converting
+        (same dtype, no column slice) and no allocation is to be poisoned; else None."""
+        piece, rows = self._rows(copy, spec, options)
+        if not self.map_weights or options.poison or options.device != "cpu" \
+                or copy.entry.dtype != dest.dtype or (piece is not None and piece.dim != 0):
+            return None
+        return ckpt.map(copy.entry, rows)
+
+    def copy_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
+                  options: LoadOptions) -> None:
+        """Read one slot of one checkpoint tensor, narrowed to this rank, into `dest`."""
+        entry = copy.entry
+        piece, rows = self._rows(copy, spec, options)
         if (piece is None or piece.dim == 0) and entry.dtype == dest.dtype \
                 and dest.is_contiguous():
             ckpt.read_into(entry, dest, rows)  # bytes go straight from the file to the param

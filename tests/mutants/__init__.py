@@ -1,0 +1,38 @@
+"""Loaders that each carry exactly one known bug (a seed PR's or one from properties.md).
+
+Each module exposes `loader` and a `CATCH` record: the property test expected to catch it
+and a fragment that the divergence must name (the tensor, key or buffer at fault).
+`tests/test_mutants.py` runs the whole suite against every mutant and proves each is
+caught within the `pr` budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reference.loading import ReferenceLoader
+
+MUTANTS = (
+    "seed000_meta_move_before_load", "seed000_move_casts_dtype", "seed000_buffers_not_recomputed",
+    "seed004_tracking_exempts_linears", "p1_fused_v_reads_k_rows", "p1_tp_rank_ignored",
+    "p1_kv_replication_modulo", "p2_gate_up_second_half_unwritten", "p2_bf16_by_truncation",
+    "p2_float_into_int_cast", "p10_tied_head_overwrites_embedding",
+    "p11_globs_every_shard", "p14_suffix_name_match",
+)
+
+
+@dataclass(frozen=True)
+class Catch:
+    """What catching the bug looks like: a failing property and what its message names."""
+
+    bug: str          # one line: the bug, and where it was seen in the wild
+    test: str         # a property test that must fail, e.g. "test_meta.py::test_x"
+    names: str        # a fragment the divergence must name (tensor, key or buffer)
+
+
+class Mutant(ReferenceLoader):
+    """Base: a reference loader renamed after its module, so reports say which mutant."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name.rsplit(".", 1)[-1]
