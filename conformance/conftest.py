@@ -48,8 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.addinivalue_line("markers", "requires(*capabilities): skip unless the loader "
                             "claims every capability")
-    if not config.getoption("hypothesis_profile", None):
-        settings.load_profile(DEFAULT_PROFILE)
+    # Load the profile here: Hypothesis' own plugin may configure after us, and the seed
+    # below depends on whether the profile is derandomized.
+    settings.load_profile(config.getoption("hypothesis_profile", None) or DEFAULT_PROFILE)
     profile = settings.get_current_profile_name()
     name = config.getoption("--loader") or config.getini("loadcheck_loader")
     try:

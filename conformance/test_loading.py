@@ -85,7 +85,7 @@ def test_gathered_ranks_equal_tp1(data):
 def test_name_mapping_is_exact(data):
     """P14: near-miss keys (qq_proj, layers.03, a suffix, a prefix) feed nothing."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, extra_keys=True),
+    case = data.draw(load_cases(run.capabilities, device=run.device, near_miss=True),
                      label="case")
     check_case(case, "P14 name mapping")
 

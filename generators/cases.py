@@ -26,7 +26,7 @@ class LoadCase:
 @st.composite
 def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: bool = False,
                meta: bool = False, extras: bool = False, drop: bool = False,
-               extra_keys: bool = False, wrong_shape: bool = False, wrong_dtype: bool = False,
+               extra_keys: bool = False, near_miss: bool = False, wrong_shape: bool = False, wrong_dtype: bool = False,
                doubled: bool = False, stray: bool = False, min_shards: int = 1, strict=None, track=None,
                dtype_override: bool = False) -> LoadCase:
     """A case within `capabilities`. The keyword flags say which features and defects the
@@ -38,7 +38,7 @@ def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: b
     native = spec.fused_on_disk_natively
     plan = draw(checkpoint_plans(
         spec, fused_choices=(native, not native) if can("fused_on_disk") else (native,),
-        max_shards=4 if can("sharded") else 1, min_shards=min_shards, drop=drop, extra=extra_keys,
+        max_shards=4 if can("sharded") else 1, min_shards=min_shards, drop=drop, extra=extra_keys, near_miss=near_miss,
         wrong_shape=wrong_shape, wrong_dtype=wrong_dtype and can("extras"),
         doubled=doubled and can("fused_on_disk"), stray=stray and can("sharded")))
 

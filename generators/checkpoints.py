@@ -139,11 +139,12 @@ def near_miss_keys(key: str) -> list[str]:
 
 @st.composite
 def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_shards: int = 4,
-                     min_shards: int = 1,
+                     min_shards: int = 1, near_miss: bool = False,
                      drop: bool = False, extra: bool = False, wrong_shape: bool = False,
                      wrong_dtype: bool = False, doubled: bool = False, stray: bool = False
                      ) -> CheckpointPlan:
-    """A plan for `spec`. Each defect flag allows that defect; none is forced."""
+    """A plan for `spec`. Each defect flag allows that defect; none is forced, except
+    that `near_miss` writes at least one near-miss key (P14's subject)."""
     fused = draw(st.sampled_from(fused_choices))
     keys = sorted(layout_keys(spec, fused))
     plan = dict(fused=fused, disk_dtype=draw(st.sampled_from((spec.dtype,) + DTYPES)),
@@ -155,14 +156,18 @@ def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_
         plan["dropped"] = tuple(draw(st.one_of(
             st.just([]), st.sampled_from(biases).map(lambda k: [k]) if biases else st.just([]),
             st.lists(st.sampled_from(keys), max_size=3, unique=True))))
+    near = st.sampled_from(keys).flatmap(lambda k: st.sampled_from(near_miss_keys(k)))
+    if near_miss:
+        missed = draw(st.lists(near, min_size=1, max_size=2, unique=True))
+        plan["extra_keys"] = tuple(ExtraKey(k, spec.dtype, (2,)) for k in missed if k not in keys)
     if extra:
-        near = st.sampled_from(keys).flatmap(lambda k: st.sampled_from(near_miss_keys(k)))
         extras = st.builds(ExtraKey, key=st.one_of(near, st.just("model.layers.0.mlp.g_idx"),
                                                    st.just("model.unused_buffer")),
                            dtype=st.sampled_from(["float32", "int32", "bool", "int8"]),
                            shape=st.sampled_from([(4,), (2, 2)]))
         chosen = draw(st.lists(extras, max_size=2, unique_by=lambda e: e.key))
-        plan["extra_keys"] = tuple(e for e in chosen if e.key not in keys)
+        plan["extra_keys"] = plan.get("extra_keys", ()) + tuple(
+            e for e in chosen if e.key not in keys)
         plan["head_in_tied"] = draw(st.booleans())
     if wrong_shape:
         plan["wrong_shape"] = tuple(draw(st.lists(st.sampled_from(keys), max_size=1)))

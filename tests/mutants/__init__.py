@@ -1,7 +1,7 @@
 """Loaders that each carry exactly one known bug (a seed PR's or one from properties.md).
 
 Each module exposes `loader` and a `CATCH` record: the property test expected to catch it
-and a fragment that the divergence must name (the tensor, key or buffer at fault).
+and a pattern that the divergence must name (the tensor, key or buffer at fault).
 `tests/test_mutants.py` runs the whole suite against every mutant and proves each is
 caught within the `pr` budget.
 """
@@ -27,7 +27,7 @@ class Catch:
 
     bug: str          # one line: the bug, and where it was seen in the wild
     test: str         # a property test that must fail, e.g. "test_meta.py::test_x"
-    names: str        # a fragment the divergence must name (tensor, key or buffer)
+    names: str        # a regex the divergence must match: the tensor, key or buffer at fault
 
 
 class Mutant(ReferenceLoader):

@@ -8,7 +8,7 @@ from . import Catch, Mutant
 
 CATCH = Catch(bug="loads every *.safetensors in the directory, ignoring the index",
               test="test_sharding.py::test_tensors_come_from_their_indexed_shard",
-              names=".weight")
+              names=r"\.(weight|bias)\b")
 
 
 class GlobsShards(Mutant):

@@ -1,0 +1,71 @@
+"""Run the conformance suite against mutants in fresh processes and read what it recorded.
+
+`python -m tests.mutation` prints the kill table (every property module, every mutant):
+which tests failed and how many examples the first failure took. The test suite uses
+`run_suite` on each mutant's catching test only, to stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class SuiteRun:
+    returncode: int
+    output: str
+    failed: list[str]
+    records: list[dict]
+
+    def records_of(self, test: str) -> list[dict]:
+        return [r for r in self.records if r.get("type") == "divergence"
+                and r["test"].endswith(test)]
+
+
+def run_suite(loader: str, selection: str = "conformance", *extra: str,
+              records: Path | None = None) -> SuiteRun:
+    """`pytest <selection> --loader <loader>` (pr profile) in a fresh process."""
+    records = records or Path(tempfile.mkdtemp(prefix="loadcheck-records-"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", selection, "--loader", loader, "-p", "no:cacheprovider",
+         "-p", "no:randomly", "-q", "--records", str(records), "--hypothesis-profile=pr", *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
+    lines = []
+    for path in sorted(records.glob("records-*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return SuiteRun(proc.returncode, proc.stdout + proc.stderr, failed, lines)
+
+
+def main() -> None:
+    from tests.mutants import MUTANTS
+    print(f"{'mutant':38} {'caught by (examples to first failure)'}")
+    killed = 0
+    for name in MUTANTS:
+        module = importlib.import_module(f"tests.mutants.{name}")
+        run = run_suite(f"tests.mutants.{name}", "conformance", "-n", "2")
+        caught = {r["test"].split("::")[-1]: r["examples_before_failure"]
+                  for r in run.records if r.get("type") == "divergence"}
+        killed += bool(caught)
+        fastest = min(caught.values()) if caught else None
+        expected = module.CATCH.test.split("::")[-1]
+        print(f"{name:38} fastest {fastest}; "
+              + ", ".join(f"{t} ({n})" for t, n in sorted(caught.items(), key=lambda kv: kv[1]))
+              + ("" if expected in caught else f"  [EXPECTED {expected} MISSING]"))
+    print(f"killed {killed} / {len(MUTANTS)}")
+
+
+if __name__ == "__main__":
+    main()

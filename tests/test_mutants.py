@@ -1,0 +1,52 @@
+"""The suite catches every known bug: each mutant in tests/mutants/ fails its property in
+the `pr` profile within 20 examples, with a message and a record naming the right tensor,
+and the saved repro checkpoint reproduces the failure with the printed command."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+
+from tests.mutants import MUTANTS
+from tests.mutation import run_suite
+
+MAX_EXAMPLES_TO_CATCH = 20
+
+
+@pytest.mark.parametrize("name", MUTANTS)
+def test_mutant_is_caught(name, tmp_path):
+    catch = importlib.import_module(f"tests.mutants.{name}").CATCH
+    run = run_suite(f"tests.mutants.{name}", f"conformance/{catch.test}", records=tmp_path)
+    assert run.returncode == 1, f"{name} ({catch.bug}) was not caught by {catch.test}:\n" \
+                                f"{run.output[-3000:]}"
+    records = run.records_of(catch.test)
+    assert records, f"{name}: {catch.test} failed but wrote no record:\n{run.output[-3000:]}"
+    record = records[-1]
+    messages = " ".join(d["message"] for d in record["divergences"])
+    assert re.search(catch.names, messages), (f"{name}: the divergence should name "
+                                              f"{catch.names!r}; it says: {messages[:1500]}")
+    assert re.search(catch.names, run.output), f"{name}: the output should name {catch.names!r}"
+    assert record["examples_before_failure"] <= MAX_EXAMPLES_TO_CATCH, (
+        f"{name}: took {record['examples_before_failure']} examples to catch "
+        f"(budget {MAX_EXAMPLES_TO_CATCH})")
+    assert f"--loader tests.mutants.{name}" in record["rerun"]
+    assert "re-run: pytest" in run.output
+
+
+def test_repro_checkpoint_reproduces_the_failure(tmp_path):
+    """The checkpoint saved beside a record fails the candidate on its own."""
+    from reference.contract import LoadOptions, ModelSpec
+    from reference.loading import ReferenceLoader
+    from tests.mutants.p2_gate_up_second_half_unwritten import loader as mutant
+
+    run = run_suite("tests.mutants.p2_gate_up_second_half_unwritten",
+                    "conformance/test_loading.py::test_load_matches_reference", records=tmp_path)
+    record = run.records_of("test_load_matches_reference")[-1]
+    spec = ModelSpec.from_dict(record["spec"])
+    options = LoadOptions(poison=True)
+    expected = ReferenceLoader().load(record["repro_checkpoint"], spec, options).state
+    found = mutant.load(record["repro_checkpoint"], spec, options).state
+    differing = [n for n in expected if not expected[n].equal(found[n])]
+    assert differing and all("up_proj" in n for n in differing), differing
