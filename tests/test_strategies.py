@@ -1,0 +1,123 @@
+"""Quality of the strategies: within the `pr` budget (25 derandomized examples), each
+property's case distribution reaches the corners its bugs live in."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from conformance.profiles import PR_EXAMPLES
+from generators.cases import load_cases
+from generators.tensors import tensors
+from reference.contract import CAPABILITIES
+from reference.dtypes import dtype_class
+
+ALL = frozenset(CAPABILITIES)
+
+
+def reached(strategy, features) -> Counter:
+    """Run `strategy` for the pr budget, derandomized, and count the features it shows."""
+    seen: Counter = Counter()
+
+    @settings(max_examples=PR_EXAMPLES, derandomize=True, database=None, deadline=None)
+    @given(strategy)
+    def collect(case):
+        for name, present in features(case).items():
+            if present:
+                seen[name] += 1
+
+    collect()
+    return seen
+
+
+def _layout(case) -> dict[str, bool]:
+    spec, plan, options = case.plan.spec, case.plan, case.options
+    classes = {dtype_class(spec.parameter_dtype(e.canonical_name)) for e in spec.extras}
+    return {
+        "fused on disk (non-native)": plan.fused != spec.fused_on_disk_natively,
+        "phi3 (native fused)": spec.family == "phi3",
+        ">= 2 shards": plan.shards >= 2,
+        "GQA": spec.num_heads > spec.num_kv_heads,
+        "tied": spec.tie_word_embeddings, "untied": not spec.tie_word_embeddings,
+        "tp 2": options.tp_size == 2, "tp 4": options.tp_size == 4,
+        "tp > kv heads": options.tp_size > spec.num_kv_heads,
+        "int extra": "int" in classes, "bool extra": "bool" in classes,
+        "fp8 extra": "fp8" in classes, "bf16 params": spec.dtype == "bfloat16",
+        "disk dtype != param dtype": plan.disk_dtype != (options.dtype or spec.dtype),
+    }
+
+
+def test_loading_cases_reach_every_layout_and_dtype_class():
+    seen = reached(load_cases(ALL, tp=True, extras=True, dtype_override=True), _layout)
+    expected = ["fused on disk (non-native)", "phi3 (native fused)", ">= 2 shards", "GQA", "tied",
+                "untied", "tp 2", "tp 4", "tp > kv heads", "int extra", "bool extra",
+                "fp8 extra", "bf16 params", "disk dtype != param dtype"]
+    missing = [f for f in expected if not seen[f]]
+    assert not missing, f"not reached within {PR_EXAMPLES} examples: {missing}; seen {dict(seen)}"
+
+
+def test_tracking_cases_reach_a_single_missing_bias():
+    def features(case):
+        dropped = case.plan.dropped
+        return {"single missing bias": len(dropped) == 1 and dropped[0].endswith(".bias"),
+                "several dropped": len(dropped) > 1, "nothing dropped": not dropped}
+    seen = reached(load_cases(ALL, drop=True, track=False, extras=True, meta=True), features)
+    assert seen["single missing bias"] and seen["several dropped"] and seen["nothing dropped"], seen
+
+
+def test_name_mapping_cases_reach_every_kind_of_near_miss():
+    def features(case):
+        keys = " ".join(e.key for e in case.plan.extra_keys)
+        return {"doubled letter": ".q" in keys and "_proj" in keys or "qlm_head" in keys
+                or ".qinput" in keys or ".qpost" in keys or ".qnorm" in keys or ".qembed" in keys,
+                "zero-padded index": ".0" in keys.replace("0.", "", 0) and "layers.0" in keys,
+                "suffix": "_scale" in keys, "prefix": "base_model." in keys}
+    seen = reached(load_cases(ALL, near_miss=True), features)
+    assert all(seen[f] for f in ("doubled letter", "suffix", "prefix")), seen
+
+
+def test_tying_and_sharding_cases_reach_their_defects():
+    tying = reached(load_cases(ALL, extra_keys=True, drop=True), lambda c: {
+        "head in tied checkpoint": c.plan.head_in_tied and c.plan.spec.tie_word_embeddings,
+        "untied head dropped": "lm_head.weight" in c.plan.dropped})
+    assert tying["head in tied checkpoint"], tying
+    sharding = reached(load_cases(ALL, stray=True, min_shards=2), lambda c: {
+        "stray file": c.plan.stray_file and c.plan.shards > 1})
+    assert sharding["stray file"], sharding
+
+
+def test_meta_cases_reach_meta_submodule_and_meta_init_in_low_precision():
+    seen = reached(load_cases(ALL, meta=True, extras=True, dtype_override=True), lambda c: {
+        "meta resampler in bf16/fp16": c.plan.spec.meta_submodule
+        and (c.options.dtype or c.plan.spec.dtype) != "float32",
+        "meta_init": c.options.meta_init})
+    assert seen["meta resampler in bf16/fp16"] and seen["meta_init"], seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_tensors_reach_all_256_codes(dtype):
+    codes: set[int] = set()
+
+    @settings(max_examples=PR_EXAMPLES, derandomize=True, database=None, deadline=None)
+    @given(tensors(dtype, (256,), finite=False))
+    def collect(t):
+        codes.update(t.view(torch.uint8).tolist())
+
+    collect()
+    assert len(codes) == 256, f"{256 - len(codes)} FP8 codes never drawn: " \
+                              f"{sorted(set(range(256)) - codes)[:16]}"
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "bool", "float16", "bfloat16"])
+def test_tensors_strategy_keeps_dtype_and_shape(dtype):
+    @settings(max_examples=10, derandomize=True, database=None, deadline=None)
+    @given(tensors(dtype, (3, 2)))
+    def check(t):
+        assert t.dtype == getattr(torch, dtype) and t.shape == (3, 2)
+        if t.dtype.is_floating_point:
+            assert t.float().isfinite().all()
+
+    check()
