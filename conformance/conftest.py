@@ -62,6 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
         core.global_force_seed = seed
     config._loadcheck_seed = seed
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    if worker != "main":
+        import torch
+        # Cases are tiny: intra-op threads only oversubscribe the cores xdist already uses.
+        torch.set_num_threads(1)
     records = RecordWriter(Path(config.getoption("--records") or config.getini("loadcheck_records")),
                            worker)
     device = config.getoption("--device") or config.getini("loadcheck_device")

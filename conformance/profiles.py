@@ -11,7 +11,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 __all__ = ["PROFILES", "DEFAULT_PROFILE", "register_profiles"]
 
 DEFAULT_PROFILE = "pr"
-PR_EXAMPLES = 25
+PR_EXAMPLES = 100
 _common = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

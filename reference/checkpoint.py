@@ -112,10 +112,14 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             raise corrupt(f"tensor {key!r}: shape {shape} of {info['dtype']} needs {nbytes} "
                           f"bytes but data_offsets span {offsets[1] - offsets[0]}", key)
         entries[key] = TensorEntry(key, name, dtype, tuple(shape), data_start + offsets[0], nbytes)
-    ordered = sorted(entries.values(), key=lambda e: (e.offset, e.nbytes))
-    for before, after in zip(ordered, ordered[1:]):
-        if after.nbytes and before.offset + before.nbytes > after.offset:
-            raise corrupt(f"tensors {before.key!r} and {after.key!r} overlap", after.key)
+    # Overlap: compare each tensor with the furthest-reaching one before it (an empty
+    # tensor between two overlapping ones must not hide the overlap).
+    reach: TensorEntry | None = None
+    for entry in sorted((e for e in entries.values() if e.nbytes), key=lambda e: e.offset):
+        if reach is not None and reach.offset + reach.nbytes > entry.offset:
+            raise corrupt(f"tensors {reach.key!r} and {entry.key!r} overlap", entry.key)
+        if reach is None or entry.offset + entry.nbytes > reach.offset + reach.nbytes:
+            reach = entry
     return entries
 
 

@@ -107,9 +107,13 @@ class TinyDecoderLM(nn.Module):
         self.model = model
         if spec.tie_word_embeddings:
             self.lm_head = nn.Module()
-            self.lm_head.weight = model.embed_tokens.weight  # one storage: the head *is* it
+            self._tie()
         else:
             self.lm_head = _Weights(self._params(["lm_head.weight"], device))
+
+    def _tie(self) -> None:
+        """One storage: the head *is* the embedding (the same Parameter object)."""
+        self.lm_head.weight = self.model.embed_tokens.weight
 
     # ----- construction --------------------------------------------------------------
     def _params(self, canonical: list[str], device) -> dict[str, nn.Parameter]:
@@ -167,6 +171,8 @@ class TinyDecoderLM(nn.Module):
                 fresh.extend(module.buffers(recurse=False))
                 for param in module.parameters(recurse=False):
                     _advise_huge_pages(param.data)
+        if self.spec.tie_word_embeddings:
+            self._tie()  # to_empty runs per module: it gave the two owners separate storage
         if poison:
             for tensor in [*self.parameters(), *fresh]:
                 poison_(tensor.data)
@@ -212,7 +218,6 @@ class TinyDecoderLM(nn.Module):
         if self.tp_size != 1:
             raise NotImplementedError("the reference forward runs at tp_size=1 only")
         spec, w = self.spec, {n: t.float() for n, t in self.canonical_views().items()}
-        tied_head = w["model.embed_tokens.weight"]
         hidden = F.embedding(input_ids, w["model.embed_tokens.weight"])
         seq = input_ids.shape[-1]
         positions = torch.arange(seq, device=hidden.device, dtype=torch.float32)
@@ -244,5 +249,5 @@ class TinyDecoderLM(nn.Module):
             gated = F.silu(linear(x, f"{p}.mlp.gate_proj")) * linear(x, f"{p}.mlp.up_proj")
             hidden = hidden + linear(gated, f"{p}.mlp.down_proj")
         hidden = rms_norm(hidden, w["model.norm.weight"])
-        return F.linear(hidden, w.get("lm_head.weight", tied_head))
+        return F.linear(hidden, self.lm_head.weight.float())  # the live head, tied or not
 
