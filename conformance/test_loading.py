@@ -50,8 +50,11 @@ def test_gathered_ranks_equal_tp1(data):
     """P1: gathering every rank's slices gives the tp=1 state; ranks hold distinct q slices."""
     run = current()
     count_example()
-    tp_size = data.draw(st.sampled_from([2, 4]), label="tp_size")
-    spec = data.draw(model_specs(tp_size=tp_size), label="spec")
+    # Each relation of tp_size to kv heads is its own corner (kv heads sliced, one each,
+    # several replicated, one replicated to all), so draw the relation itself.
+    tp_size, kv = data.draw(st.sampled_from([(4, 2), (2, 4), (2, 2), (4, 1), (2, 1), (4, 4)]),
+                            label="tp_size, num_kv_heads")
+    spec = data.draw(model_specs(tp_size=tp_size, kv_heads=st.just(kv)), label="spec")
     plan = data.draw(checkpoint_plans(spec, fused_choices=(spec.fused_on_disk_natively,)),
                      label="plan")
     base = data.draw(load_cases(run.capabilities, device=run.device), label="options").options
@@ -96,9 +99,18 @@ def test_dtype_rules(data):
     """Floats round to nearest even; int, bool and FP8 keep their dtype; float into int fails."""
     run = current()
     case = data.draw(load_cases(run.capabilities, device=run.device, extras=True,
-                                wrong_dtype=True, wrong_shape=True, dtype_override=True),
-                     label="case")
+                                wrong_dtype=True, dtype_override=True), label="case")
     check_case(case, "dtype rules")
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
+def test_shape_mismatch_is_an_error(data):
+    """A tensor whose shape differs from its parameter's is an error naming the key."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, device=run.device, wrong_shape=True, tp=True),
+                     label="case")
+    check_case(case, "shape mismatch")
 
 
 @pytest.mark.requires("load")

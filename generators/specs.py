@@ -33,10 +33,11 @@ def extra_params(draw, max_count: int = 2) -> tuple[ExtraParam, ...]:
 
 @st.composite
 def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bool = False,
-                extras: bool = False, max_layers: int = 2) -> ModelSpec:
-    """A tiny decoder that `tp_size` ranks can split (heads, kv heads, I and V divisible)."""
+                extras: bool = False, max_layers: int = 2, kv_heads=None) -> ModelSpec:
+    """A tiny decoder that `tp_size` ranks can split (heads, kv heads, I and V divisible).
+    `kv_heads` (a strategy) overrides the draw of num_kv_heads from 1, 2, 4."""
     family = draw(st.sampled_from(families))
-    num_kv_heads = draw(st.sampled_from([1, 2, 4]))
+    num_kv_heads = draw(kv_heads if kv_heads is not None else st.sampled_from([1, 2, 4]))
     group = draw(st.sampled_from([1, 2, 4]))  # heads per kv head: 1 is MHA, > 1 is GQA
     num_heads = num_kv_heads * max(group, tp_size // num_kv_heads if tp_size > num_kv_heads else 1)
     if family == "qwen2":
