@@ -22,11 +22,11 @@ from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import layout_keys
 from reference.tp import rank_slice
-from .compare import Divergence, Outcome, compare_outcomes, run_outcome
+from .compare import Divergence, Outcome, compare_outcomes, compare_states, run_outcome
 from .session import current
 
-__all__ = ["written", "load_both", "check_case", "fail_on", "provenance", "name_sets",
-           "rerun_command", "count_example"]
+__all__ = ["written", "load_both", "check_case", "fail_on", "fail_if_states_differ",
+           "provenance", "name_sets", "rerun_command", "count_example"]
 
 # Name sets compared only when the candidate claims the capability that defines them.
 _NAME_SETS = {"track": ("loaded", "missing"), "strict": ("unexpected", "ignored")}
@@ -151,3 +151,11 @@ def check_case(case: LoadCase, prop: str) -> tuple[Outcome, Outcome]:
                                        where=provenance(case, directory))
         fail_on(divergences, prop, case, directory)
     return expected, found
+
+
+def fail_if_states_differ(first: Outcome, second: Outcome, prop: str, case: LoadCase,
+                          title: str) -> None:
+    """Two loads by the candidate that must agree bit for bit (when both loaded)."""
+    if first.result is not None and second.result is not None:
+        fail_on(compare_states(first.result.state, second.result.state, where=lambda n: title),
+                prop, case, title=title)

@@ -14,7 +14,8 @@ from generators.checkpoints import checkpoint_plans
 from generators.specs import model_specs
 from reference.tp import gather_ranks
 from .compare import Divergence, compare_states, run_outcome
-from .harness import check_case, count_example, fail_on, load_both, written
+from .harness import (check_case, count_example, fail_if_states_differ, fail_on, load_both,
+                      written)
 from .session import current
 
 
@@ -34,14 +35,10 @@ def test_split_and_fused_on_disk_agree(data):
     """P1: the same weights split on disk and fused on disk load bit-identically."""
     run = current()
     case = data.draw(load_cases(run.capabilities, device=run.device, tp=True), label="case")
-    states = {}
-    for fused in (False, True):
-        one = LoadCase(replace(case.plan, fused=fused), case.options)
-        expected, found = check_case(one, "P1 split/fused")
-        states[fused] = found.result.state if found.result else {}
-    fail_on(compare_states(states[False], states[True],
-                           where=lambda n: "fused-on-disk load vs split-on-disk load"),
-            "P1 split/fused", case, title="fused-on-disk and split-on-disk loads differ")
+    _, split = check_case(LoadCase(replace(case.plan, fused=False), case.options), "P1 split/fused")
+    _, fused = check_case(LoadCase(replace(case.plan, fused=True), case.options), "P1 split/fused")
+    fail_if_states_differ(split, fused, "P1 split/fused", case,
+                          "fused-on-disk and split-on-disk loads differ")
 
 
 @pytest.mark.requires("load", "tp")
@@ -125,10 +122,8 @@ def test_result_independent_of_tensor_order(data):
     shuffled = LoadCase(replace(case.plan, order_seed=other_order, shards=other_shards),
                         case.options)
     _, second = check_case(shuffled, "order")
-    if first.result and second.result:
-        fail_on(compare_states(first.result.state, second.result.state,
-                               where=lambda n: "same weights, another tensor order"),
-                "order", shuffled, title="the result depends on tensor order")
+    fail_if_states_differ(first, second, "order", shuffled,
+                          "the result depends on tensor order (same weights, another order)")
 
 
 @pytest.mark.requires("load", "forward")

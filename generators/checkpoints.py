@@ -10,7 +10,7 @@ shape, a float tensor for an integer parameter, keys fed twice, a stray unindexe
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
