@@ -1,0 +1,1 @@
+"""Reports: read the JSON-lines records the suite writes (and nothing else) and render them."""

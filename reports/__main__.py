@@ -1,0 +1,45 @@
+"""`python -m reports summary RESULTS...`: a plain-text summary of one or more runs' records:
+divergences per property and loader, then one headline and re-run line per divergence."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from .records import read_records
+
+
+def summary(paths: list[str]) -> str:
+    records = read_records(paths)
+    loaders = sorted({r["loader"] for r in records.runs} | {d["loader"] for d in records.divergences})
+    lines = [f"{len(records.divergences)} divergences in {len(loaders)} loader(s): "
+             f"{', '.join(loaders) or '-'}"]
+    counts = Counter((d["property"], d["loader"]) for d in records.divergences)
+    for (prop, loader), count in sorted(counts.items()):
+        lines.append(f"  {prop:28} {loader:48} {count}")
+    for d in records.divergences:
+        first = d["divergences"][0]["message"].splitlines()[0] if d["divergences"] else ""
+        lines += ["", f"[{d['property']}] {d['test']} ({d['loader']}): {first}",
+                  f"  case: {d['case']}", f"  re-run: {d['rerun']}"]
+        if d.get("repro_checkpoint"):
+            lines.append(f"  checkpoint: {d['repro_checkpoint']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reports")
+    commands = parser.add_subparsers(dest="command", required=True)
+    summarize = commands.add_parser("summary", help="text summary of records")
+    summarize.add_argument("results", nargs="+", help="records-*.jsonl files or result directories")
+    args = parser.parse_args(argv)
+    try:
+        print(summary(args.results))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
