@@ -139,7 +139,7 @@ def test_forward_logits(data):
         expected, found = load_both(case, directory)
         if expected.result is None or found.result is None:
             return  # error agreement is test_load_matches_reference's job
-        input_ids = torch.tensor([ids])
+        input_ids = torch.tensor([ids], device=case.options.device)
         want = run.reference.forward(expected.result, input_ids).float().cpu()
         got = run_outcome(lambda: run.candidate.forward(found.result, input_ids))
         tolerance = 1e-4 if (case.options.dtype or case.plan.spec.dtype) == "float32" else 3e-2
