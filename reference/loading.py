@@ -68,7 +68,7 @@ class ReferenceLoader:
     copy-on-write mapping of the file (as safetensors does) instead of a copy.
 
     A load is a fixed sequence of small steps (`entries`, `key_table`, `map_key`,
-    `plan`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
+    `plan`, `accepts_dtype`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
     `map_slot`, `copy_slot`, `finish`), each a method so that a loader under test (or a mutant in
     tests/mutants/) can differ in exactly one of them.
     """
@@ -130,6 +130,10 @@ class ReferenceLoader:
         plain load creates none (online FP8 scales will be the only exemption)."""
         return False
 
+    def accepts_dtype(self, source: torch.dtype, target: torch.dtype) -> bool:
+        """Plain floats convert into plain floats; int, bool and FP8 keep their dtype."""
+        return can_cast(source, target)
+
     def plan(self, spec: ModelSpec, entries: Mapping[str, TensorEntry], options: LoadOptions
              ) -> LoadPlan:
         """Map every key, check shapes and dtypes, count coverage; read nothing."""
@@ -150,7 +154,7 @@ class ReferenceLoader:
                     f"{list(entry.shape)}", subject=key))
                 continue
             param_dtype = spec.parameter_dtype(target.slots[0].canonical, options.dtype)
-            if not can_cast(entry.dtype, param_dtype):
+            if not self.accepts_dtype(entry.dtype, param_dtype):
                 plan.problems.append(UnsupportedDtypeError(
                     f"{key}: checkpoint dtype {entry.dtype} cannot load into a {param_dtype} "
                     f"parameter (only plain floats convert; int, bool and FP8 keep their "
