@@ -105,8 +105,8 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]
                 <= data_size):
-            raise corrupt(f"tensor {key!r} has data_offsets {offsets!r} outside the "
-                          f"{data_size}-byte data section", key)
+            raise corrupt(f"tensor {key!r} has data_offsets {offsets!r}: not 0 <= begin <= "
+                          f"end <= {data_size} (the data section's size)", key)
         nbytes = math.prod(shape) * dtype.itemsize
         if offsets[1] - offsets[0] != nbytes:
             raise corrupt(f"tensor {key!r}: shape {shape} of {info['dtype']} needs {nbytes} "
@@ -233,16 +233,18 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     for file_name in weight_map.values():  # every name is checked before any file opens
         _check_shard_name(directory, file_name)
     root = directory.resolve()
-    entries: dict[str, TensorEntry] = {}
-    for file_name in sorted(set(weight_map.values())):
+    files = sorted(set(weight_map.values()))
+    for file_name in files:  # every shard exists and stays inside before any header is read
         path = directory / file_name
+        if (path.is_symlink() or path.exists()) and path.resolve().parent != root:
+            raise UnsafeCheckpointError(f"{file_name} resolves outside {directory}",
+                                        subject=file_name)
         if not path.is_file():
             raise CorruptCheckpointError(f"{INDEX_FILE} names {file_name}, which is not a "
                                          f"file in {directory}", subject=file_name)
-        if path.resolve().parent != root:
-            raise UnsafeCheckpointError(f"{file_name} resolves outside {directory}",
-                                        subject=file_name)
-        for key, entry in read_header(path).items():
+    entries: dict[str, TensorEntry] = {}
+    for file_name in files:
+        for key, entry in read_header(directory / file_name).items():
             assigned = weight_map.get(key)
             if assigned != file_name:
                 where = f"the index assigns it to {assigned}" if assigned else "the index does not list it"

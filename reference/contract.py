@@ -45,6 +45,7 @@ CAPABILITIES: Mapping[str, str] = {
     "strict": "raises on unexpected checkpoint keys when strict is on",
     "poison": "fills every allocation with the poison pattern before loading",
     "forward": "computes logits of the tiny decoder",
+    "finite_check": "with check_finite on, refuses NaN / Inf in float tensors, naming the key",
     # Later issues: FP8, reload, offload, CUDA.
     "fp8_online": "online per-tensor FP8 quantization after loading",
     "fp8_serialized": "serialized per-tensor FP8 checkpoints",
@@ -265,13 +266,15 @@ class LoadOptions:
     track: bool = False
     meta_init: bool = False
     poison: bool = False
+    check_finite: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.tp_rank < self.tp_size:
             raise ValueError(f"tp_rank={self.tp_rank} is outside tp_size={self.tp_size}")
 
     def summary(self) -> str:
-        on = [k for k in ("strict", "track", "meta_init", "poison") if getattr(self, k)]
+        on = [k for k in ("strict", "track", "meta_init", "poison", "check_finite")
+              if getattr(self, k)]
         parts = [self.device] + ([f"dtype={self.dtype}"] if self.dtype else [])
         parts += [f"tp={self.tp_rank}/{self.tp_size}"] if self.tp_size > 1 else []
         return " ".join(parts + on)

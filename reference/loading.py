@@ -16,9 +16,9 @@ import torch
 
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
 from .contract import (CAPABILITIES, VARIANTS, CorruptCheckpointError, LoadError, LoadOptions,
-                       LoadResult, MissingWeightsError, ModelSpec, ShapeMismatchError,
-                       UnexpectedKeysError, UnsupportedDtypeError, torch_dtype)
-from .dtypes import can_cast
+                       LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError,
+                       ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError, torch_dtype)
+from .dtypes import PLAIN_FLOATS, can_cast
 from .model import TinyDecoderLM
 from .names import TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
 from .tp import RankSlice, check_tp, rank_slice
@@ -67,9 +67,9 @@ class ReferenceLoader:
     `map_weights` lets whole parameters whose bytes need no conversion share a private
     copy-on-write mapping of the file (as safetensors does) instead of a copy.
 
-    A load is a fixed sequence of small steps (`entries`, `key_table`, `map_key`,
+    A load is a fixed sequence of small steps (`open`, `entries`, `key_table`, `map_key`,
     `plan`, `accepts_dtype`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
-    `map_slot`, `copy_slot`, `finish`), each a method so that a loader under test (or a mutant in
+    `map_slot`, `copy_slot`, `check_finite`, `finish`), each a method so that a loader under test (or a mutant in
     tests/mutants/) can differ in exactly one of them.
     """
 
@@ -91,7 +91,7 @@ class ReferenceLoader:
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
         check_tp(spec, options.tp_size)
-        with open_checkpoint(checkpoint) as ckpt:
+        with self.open(checkpoint) as ckpt:
             plan = self.plan(spec, self.entries(ckpt), options)
             plan.raise_first()
             model = self.build_model(spec, options)
@@ -101,6 +101,8 @@ class ReferenceLoader:
                 mapped = self.map_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
                 if mapped is None or not model.adopt(copy.slot.canonical, mapped):
                     self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
+            if options.check_finite:
+                self.check_finite(plan, model.canonical_views())
         self.finish(model, options)
         return LoadResult(
             state=model.canonical_views(), buffers=model.named_canonical_buffers(),
@@ -114,6 +116,10 @@ class ReferenceLoader:
         return result.model(input_ids)
 
     # ----- the steps ---------------------------------------------------------------------
+    def open(self, checkpoint: str) -> Checkpoint:
+        """Validate the directory (shard names, index, every header) before reading data."""
+        return open_checkpoint(checkpoint)
+
     def entries(self, ckpt: Checkpoint) -> Mapping[str, TensorEntry]:
         """The tensors to load: exactly those the index assigns (or the single file's)."""
         return ckpt.entries
@@ -226,6 +232,20 @@ class ReferenceLoader:
         if piece is not None and piece.dim == 1:
             source = source[:, piece.start:piece.stop]
         dest.copy_(source)  # float -> float rounds to nearest even, as Tensor.to does
+
+    def check_finite(self, plan: LoadPlan, state: Mapping[str, torch.Tensor]) -> None:
+        """NaN / Inf in a loaded float tensor is bad input (a corrupt shard loads silently
+        otherwise): refuse it, naming the checkpoint key and the first bad index."""
+        for copy in sorted(plan.copies, key=lambda c: c.entry.key):
+            tensor = state[copy.slot.canonical]
+            if tensor.dtype.is_floating_point and tensor.dtype in PLAIN_FLOATS:
+                bad = ~torch.isfinite(tensor)
+                if bool(bad.any()):
+                    index = [int(i) for i in bad.nonzero()[0]]
+                    raise NonFiniteInputError(
+                        f"{copy.entry.key} ({copy.entry.file}): {int(bad.sum())} non-finite "
+                        f"values, first at {index} of {copy.slot.canonical}",
+                        subject=copy.entry.key)
 
     def finish(self, model: TinyDecoderLM, options: LoadOptions) -> None:
         """The device move after loading: device only, never dtype."""
