@@ -17,8 +17,8 @@ import torch
 from reference.contract import LoadError, LoadResult
 from reference.dtypes import PLAIN_FLOATS, poison_mask
 
-__all__ = ["Outcome", "Divergence", "run_outcome", "compare_outcomes", "compare_tensor",
-           "compare_states"]
+__all__ = ["Outcome", "Divergence", "SEVERITIES", "run_outcome", "compare_outcomes",
+           "compare_tensor", "compare_states"]
 
 
 @dataclass
@@ -30,9 +30,15 @@ class Outcome:
 
     @property
     def family(self) -> str:
+        """'ok', an error family, or what went wrong outside the family: 'hang' (no answer
+        in time), 'crash' (the process died) or 'exception' (anything else raised)."""
+        from .survival import CandidateCrashed, CandidateHung
         if self.error is None:
             return "ok"
-        return self.error.family if isinstance(self.error, LoadError) else "crash"
+        if isinstance(self.error, LoadError):
+            return self.error.family
+        return {CandidateHung: "hang", CandidateCrashed: "crash"}.get(type(self.error),
+                                                                       "exception")
 
     def describe(self) -> str:
         if self.error is None:
@@ -51,12 +57,19 @@ def run_outcome(load: Callable[[], LoadResult]) -> Outcome:
         return Outcome(error=exc)
 
 
+# How bad a divergence is, worst first: a candidate that loads a checkpoint the reference
+# refuses as unsafe or corrupt; one whose process died or hung; any other difference.
+SEVERITIES = ("critical", "crash", "hang", "divergence")
+_REFUSALS = frozenset({"unsafe_checkpoint", "corrupt_checkpoint"})
+
+
 @dataclass
 class Divergence:
     kind: str          # tensor | dtype | shape | absent | names | error | buffer | alias | placement
     subject: str       # the tensor, key or name set it is about
     message: str
     detail: dict[str, Any] = field(default_factory=dict)
+    severity: str = "divergence"
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -167,17 +180,23 @@ def _name_sets(expected: LoadResult, found: LoadResult, which: tuple[str, ...]
 
 
 def compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str, ...],
-                     device: str, where: Callable[[str], str] = lambda name: ""
-                     ) -> list[Divergence]:
-    """All divergences between the reference's outcome and the candidate's."""
+                     device: str, where: Callable[[str], str] = lambda name: "",
+                     any_refusal: bool = False) -> list[Divergence]:
+    """All divergences between the reference's outcome and the candidate's. With
+    `any_refusal` (hostile input), any error of the family counts as refusing it."""
     if expected.error is not None or found.error is not None:
         if isinstance(expected.error, LoadError) and isinstance(found.error, LoadError) \
-                and found.error.family in expected.error.alternatives:
+                and (any_refusal or found.error.family in expected.error.alternatives):
             return []
         detail = {"expected": expected.describe(), "found": found.describe(),
                   "expected_family": expected.family, "found_family": found.family}
         subject = getattr(expected.error, "subject", None) or getattr(
             found.error, "subject", None) or "load"
+        severity = "divergence"
+        if found.family in ("hang", "crash"):
+            severity = found.family
+        elif found.error is None and expected.family in _REFUSALS:
+            severity = "critical"
         if found.error is None:
             text = f"candidate loaded a checkpoint the reference refuses: {expected.describe()}"
         elif expected.error is None:
@@ -185,7 +204,8 @@ def compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str,
         else:
             text = (f"errors differ: reference raised {expected.describe()}; candidate "
                     f"raised {found.describe()}")
-        return [Divergence("error", str(subject), text, detail)]
+        return [Divergence("error", str(subject), f"[{severity}] {text}" if severity !=
+                           "divergence" else text, detail, severity)]
     exp, got = expected.result, found.result
     out = _name_sets(exp, got, name_sets)
     out += compare_states(exp.state, got.state, skip_values=exp.missing, where=where)

@@ -20,9 +20,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="loader under test: reference, an adapter name, a module, or module:attr")
     group.addoption("--device", default=None, help="device to load onto (cpu, cuda, cuda:1)")
     group.addoption("--records", default=None, help="directory for divergence records")
+    group.addoption("--isolate", action="store_true", default=False,
+                    help="run candidate calls in a child process: a crash costs one example")
+    group.addoption("--candidate-timeout", type=float, default=None,
+                    help="seconds a candidate call may take before it counts as a hang "
+                         "(default 60)")
     parser.addini("loadcheck_loader", "default for --loader", default="reference")
     parser.addini("loadcheck_device", "default for --device", default="cpu")
     parser.addini("loadcheck_records", "default for --records", default="results")
+    parser.addini("loadcheck_candidate_timeout", "default for --candidate-timeout", default="60")
 
 
 def _seed(config: pytest.Config, derandomized: bool) -> int | None:
@@ -69,8 +75,14 @@ def pytest_configure(config: pytest.Config) -> None:
     records = RecordWriter(Path(config.getoption("--records") or config.getini("loadcheck_records")),
                            worker)
     device = config.getoption("--device") or config.getini("loadcheck_device")
+    timeout = config.getoption("--candidate-timeout") or float(
+        config.getini("loadcheck_candidate_timeout"))
+    isolated = config.getoption("--isolate")
+    if isolated:
+        from conformance.survival import IsolatedLoader
+        candidate = IsolatedLoader(name, candidate, timeout)
     configure(RunConfig(loader_name=name, candidate=candidate, device=device, profile=profile,
-                        seed=seed, records=records))
+                        seed=seed, records=records, timeout=timeout, isolated=isolated))
     config._loadcheck_metadata = run_metadata(
         loader=name, loader_version=str(candidate.version), device=device, profile=profile,
         seed=seed)
@@ -96,7 +108,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
              f"{type(loader).__qualname__}) version {loader.version}; device {run.device}; "
              f"hypothesis profile {run.profile!r}, seed "
              f"{run.seed if run.seed is not None else 'derandomized'}; records "
-             f"{run.records.directory}/"]
+             f"{run.records.directory}/; candidate timeout {run.timeout:g} s"
+             + ("; isolated in a child process" if run.isolated else "")]
     lines.append("loadcheck capabilities: " + "  ".join(
         f"{'+' if cap in claimed else '-'}{cap}" for cap in CAPABILITIES))
     if loader.variants:

@@ -22,8 +22,10 @@ from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import layout_keys
 from reference.tp import rank_slice
-from .compare import Divergence, Outcome, compare_outcomes, compare_states, run_outcome
+from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
+                      run_outcome)
 from .session import current
+from .survival import call_with_timeout
 
 __all__ = ["written", "load_both", "check_case", "fail_on", "fail_if_states_differ",
            "provenance", "name_sets", "rerun_command", "count_example"]
@@ -45,6 +47,8 @@ def rerun_command() -> str:
     others need the seed)."""
     run = current()
     parts = ["pytest", _nodeid(), "--loader", run.loader_name, f"--hypothesis-profile={run.profile}"]
+    if run.isolated:
+        parts.append("--isolate")
     if run.seed is not None:
         parts.append(f"--hypothesis-seed={run.seed}")
     if run.device != "cpu":
@@ -64,12 +68,32 @@ def written(plan: CheckpointPlan) -> Iterator[Path]:
         yield plan.write(Path(tmp) / "checkpoint")
 
 
-def load_both(case: LoadCase, directory: Path, options: LoadOptions | None = None
-              ) -> tuple[Outcome, Outcome]:
+# After a candidate hung once in a test, its calls get this long: Hypothesis replays and
+# shrinks the failure, and each replay must not cost the full timeout again.
+HUNG_RETRY_TIMEOUT = 1.0
+
+
+def candidate_call(fn: Callable[[], object]) -> Outcome:
+    """Run one candidate call under the run's timeout (in process, or in the isolated
+    child, which enforces the timeout by killing itself)."""
+    run, nodeid = current(), _nodeid()
+    timeout = min(run.timeout, HUNG_RETRY_TIMEOUT) if nodeid in run.hung_tests else run.timeout
+    if run.isolated:
+        run.candidate.timeout = timeout
+        outcome = run_outcome(fn)
+    else:
+        outcome = run_outcome(lambda: call_with_timeout(fn, timeout))
+    if outcome.family == "hang":
+        run.hung_tests.add(nodeid)
+    return outcome
+
+
+def load_both(case, directory: Path, options: LoadOptions | None = None,
+              spec=None) -> tuple[Outcome, Outcome]:
     run, options = current(), options or case.options
-    spec = case.plan.spec
+    spec = spec or case.plan.spec
     expected = run_outcome(lambda: run.reference.load(str(directory), spec, options))
-    found = run_outcome(lambda: run.candidate.load(str(directory), spec, options))
+    found = candidate_call(lambda: run.candidate.load(str(directory), spec, options))
     return expected, found
 
 
@@ -100,7 +124,7 @@ def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | No
     return where
 
 
-def fail_on(divergences: list[Divergence], prop: str, case: LoadCase,
+def fail_on(divergences: list[Divergence], prop: str, case,
             directory: Path | None = None, title: str = "") -> None:
     """Raise a readable AssertionError (and write the record, on the final replay)."""
     if not divergences:
@@ -117,13 +141,15 @@ def fail_on(divergences: list[Divergence], prop: str, case: LoadCase,
     lines.append(f"  re-run: {command}")
     message = "\n".join(lines)
     try:
-        final = current_build_context().is_final
-    except InvalidArgument:  # not under Hypothesis
-        final = True
+        final, hypothesis_test = current_build_context().is_final, True
+    except InvalidArgument:  # a plain (parametrized) test, not under Hypothesis
+        final, hypothesis_test = True, False
     if final:
-        note(message)
+        if hypothesis_test:
+            note(message)
         record = {
             "type": "divergence", "property": prop, "test": nodeid, "loader": run.loader_name,
+            "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
             "case": case.summary(), "spec": case.plan.spec.to_dict(),
             "checkpoint": case.plan.summary(), "options": case.options.summary(),
             "plan": repr(case.plan), "rerun": command,

@@ -20,6 +20,9 @@ class RunConfig:
     profile: str
     seed: int | None
     records: RecordWriter
+    timeout: float = 60.0  # seconds a candidate call may take before it counts as a hang
+    isolated: bool = False
+    hung_tests: set[str] = field(default_factory=set)  # tests whose candidate hung once
     # nodeid -> examples run so far, and the example number of the first failure.
     examples: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, int] = field(default_factory=dict)

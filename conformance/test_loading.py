@@ -13,9 +13,9 @@ from generators.cases import LoadCase, load_cases
 from generators.checkpoints import checkpoint_plans
 from generators.specs import model_specs
 from reference.tp import gather_ranks
-from .compare import Divergence, compare_states, run_outcome
-from .harness import (check_case, count_example, fail_if_states_differ, fail_on, load_both,
-                      written)
+from .compare import Divergence, compare_states
+from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
+                      load_both, written)
 from .session import current
 
 
@@ -141,7 +141,7 @@ def test_forward_logits(data):
             return  # error agreement is test_load_matches_reference's job
         input_ids = torch.tensor([ids], device=case.options.device)
         want = run.reference.forward(expected.result, input_ids).float().cpu()
-        got = run_outcome(lambda: run.candidate.forward(found.result, input_ids))
+        got = candidate_call(lambda: run.candidate.forward(found.result, input_ids))
         tolerance = 1e-4 if (case.options.dtype or case.plan.spec.dtype) == "float32" else 3e-2
         problem = None
         if got.error is not None:

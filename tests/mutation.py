@@ -29,7 +29,7 @@ class SuiteRun:
 
     def records_of(self, test: str) -> list[dict]:
         return [r for r in self.records if r.get("type") == "divergence"
-                and r["test"].endswith(test)]
+                and r["test"].split("[")[0].endswith(test)]
 
 
 def run_suite(loader: str, selection: str = "conformance", *extra: str,
@@ -55,7 +55,7 @@ def main() -> None:
     killed = 0
     for name in MUTANTS:
         module = importlib.import_module(f"tests.mutants.{name}")
-        run = run_suite(f"tests.mutants.{name}", "conformance", "-n", "2")
+        run = run_suite(f"tests.mutants.{name}", "conformance", "-n", "2", *module.CATCH.options)
         caught = {r["test"].split("::")[-1]: r["examples_before_failure"]
                   for r in run.records if r.get("type") == "divergence"}
         killed += bool(caught)

@@ -17,7 +17,8 @@ MUTANTS = (
     "seed004_tracking_exempts_linears", "p1_fused_v_reads_k_rows", "p1_tp_rank_ignored",
     "p1_kv_replication_modulo", "p2_gate_up_second_half_unwritten", "p2_bf16_by_truncation",
     "p2_float_into_int_cast", "p2_shape_narrowed_to_fit", "p10_tied_head_overwrites_embedding", "p10_meta_init_unties_head",
-    "p11_globs_every_shard", "p14_suffix_name_match",
+    "p11_globs_every_shard", "p11_shard_names_unvalidated", "p11_trusts_header_offsets",
+    "p14_suffix_name_match", "survival_hangs_on_meta_submodule", "survival_aborts_on_bool_extra",
 )
 
 
@@ -28,6 +29,7 @@ class Catch:
     bug: str          # one line: the bug, and where it was seen in the wild
     test: str         # a property test that must fail, e.g. "test_meta.py::test_x"
     names: str        # a regex the divergence must match: the tensor, key or buffer at fault
+    options: tuple[str, ...] = ()  # extra pytest options the run needs (--isolate, timeouts)
 
 
 class Mutant(ReferenceLoader):

@@ -1,0 +1,247 @@
+"""Surviving the candidate: a hang costs one example a timeout, a crash costs one example.
+
+In process, a candidate call runs in a daemon thread joined with a timeout (enough for a
+loader that waits or loops in Python; one stuck in C holding the GIL needs isolation).
+With `--isolate`, candidate calls go to a persistent child process that imports the
+candidate once and, on CPU, forks per call: a call that crashes (segfault, abort,
+os._exit) or outlives its timeout (then killed) costs one fork. With CUDA, which does not
+survive a fork, calls run in the child itself, which is restarted after it dies. Results come back as
+safetensors files and JSON, read by the reference's own validated reader: nothing crosses
+the process boundary as a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from reference.checkpoint import Checkpoint, read_header, write_safetensors
+from reference.contract import ERROR_FAMILIES, LoadError, LoadOptions, LoadResult, ModelSpec
+
+__all__ = ["CandidateHung", "CandidateCrashed", "call_with_timeout", "IsolatedLoader"]
+
+
+class CandidateHung(Exception):
+    """The candidate did not return within the timeout."""
+
+
+class CandidateCrashed(Exception):
+    """The candidate's process died (a signal or an exit) during a call."""
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
+    """fn() in a daemon thread; CandidateHung if it has not returned after `timeout` s."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller as it is
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name="loadcheck-candidate")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise CandidateHung(f"no answer within {timeout:g} s (the call is abandoned; "
+                            f"run with --isolate to kill such calls)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ----- the child -------------------------------------------------------------------------
+def _answer_load(loader: Any, request: dict[str, Any]) -> dict[str, Any]:
+    out = Path(request["out"])
+    try:
+        result = loader.load(request["checkpoint"], ModelSpec.from_dict(request["spec"]),
+                             LoadOptions(**request["options"]))
+        _write_result(result, out)
+        return {"ok": True}
+    except LoadError as exc:
+        return {"error": {"family": exc.family, "message": str(exc), "subject": exc.subject,
+                          "alternatives": sorted(exc.alternatives)}}
+    except Exception as exc:
+        return {"error": {"family": None, "type": type(exc).__name__, "message": str(exc)}}
+
+
+def _forked_call(loader: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """Run one call in a forked process (the candidate is imported once, in the server):
+    a crash or a hang costs one fork, not a fresh interpreter."""
+    answer_path = Path(request["out"] + ".json")
+    pid = os.fork()
+    if pid == 0:  # the call's own process
+        code = 0
+        try:
+            answer_path.write_text(json.dumps(_answer_load(loader, request)))
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + request["timeout"]
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return {"hang": f"no answer within {request['timeout']:g} s; the call's process "
+                            f"was killed"}
+        time.sleep(0.002)
+    if os.WIFSIGNALED(status) or not answer_path.exists():
+        how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+               if os.WIFSIGNALED(status) else f"exited with status {os.WEXITSTATUS(status)}")
+        return {"crash": f"the candidate's process {how} during load"}
+    return json.loads(answer_path.read_text())
+
+
+def _warm_up() -> None:
+    """One rich reference load in the server, before any fork: torch initialises kernels
+    lazily on first use, and every fork would otherwise pay that again (~2 s a call)."""
+    from generators.checkpoints import CheckpointPlan
+    from generators.specs import EXTRA_DTYPES
+    from reference.contract import ExtraParam
+    from reference.loading import ReferenceLoader
+    spec = ModelSpec(family="qwen2", attention_bias=True, tie_word_embeddings=True,
+                     meta_submodule=True, dtype="bfloat16",
+                     extras=tuple(ExtraParam(f"x{i}", d, (2, 3)) for i, d in
+                                  enumerate(EXTRA_DTYPES)))
+    with tempfile.TemporaryDirectory(prefix="loadcheck-warm-") as tmp:
+        directory = CheckpointPlan(spec, shards=2, disk_dtype="float32").write(
+            Path(tmp) / "checkpoint")
+        for options in (LoadOptions(poison=True, meta_init=True), LoadOptions(tp_size=2)):
+            result = ReferenceLoader().load(str(directory), spec, options)
+            _write_result(result, Path(tmp) / "result")
+            _read_result(Path(tmp) / "result")
+            for name in ("state", "buffers", "result"):
+                (Path(tmp) / "result" / f"{name}.{'json' if name == 'result' else 'safetensors'}"
+                 ).unlink()
+
+
+def _serve(loader_name: str) -> None:
+    """Child main loop: one JSON request per stdin line, one JSON answer per stdout line.
+    On CPU each call runs in a fork; with CUDA (which does not survive fork) in-process."""
+    import torch
+
+    from conformance.loaders import resolve
+    # Cases are tiny, and an OpenMP pool's spinning threads would take the cores that the
+    # xdist workers need (and a pool is not fork-safe either).
+    torch.set_num_threads(1)
+    loader = resolve(loader_name)
+    _warm_up()
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # the candidate's own prints must not corrupt the answer channel
+    for line in sys.stdin:
+        request = json.loads(line)
+        forking = hasattr(os, "fork") and not request["options"]["device"].startswith("cuda")
+        answer = _forked_call(loader, request) if forking else _answer_load(loader, request)
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
+def _write_result(result: LoadResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, tensors in (("state", result.state), ("buffers", result.buffers)):
+        write_safetensors(out / f"{name}.safetensors",
+                          [(k, t.detach().cpu().contiguous()) for k, t in tensors.items()])
+    (out / "result.json").write_text(json.dumps({
+        "loaded": sorted(result.loaded), "missing": sorted(result.missing),
+        "unexpected": sorted(result.unexpected), "ignored": sorted(result.ignored),
+        "aliases": dict(result.aliases), "placement": dict(result.placement)}))
+
+
+def _read_tensors(path: Path) -> dict:
+    with Checkpoint(path.parent, read_header(path), sharded=False) as reader:
+        return {key: reader.read(entry) for key, entry in reader.entries.items()}
+
+
+def _read_result(out: Path) -> LoadResult:
+    names = json.loads((out / "result.json").read_text())
+    return LoadResult(state=_read_tensors(out / "state.safetensors"),
+                      buffers=_read_tensors(out / "buffers.safetensors"),
+                      loaded=frozenset(names["loaded"]), missing=frozenset(names["missing"]),
+                      unexpected=frozenset(names["unexpected"]),
+                      ignored=frozenset(names["ignored"]), aliases=names["aliases"],
+                      placement=names["placement"])
+
+
+# ----- the parent ------------------------------------------------------------------------
+_GRACE = 30.0  # seconds beyond the call's timeout before the server itself is given up
+
+
+class IsolatedLoader:
+    """The candidate, behind a child process: same name, version, capabilities, variants.
+    `forward` needs the live model, so it is not offered across the boundary."""
+
+    def __init__(self, loader_name: str, candidate: Any, timeout: float):
+        self.loader_name, self.timeout = loader_name, timeout
+        self.name, self.version = candidate.name, candidate.version
+        self.capabilities = frozenset(candidate.capabilities) - {"forward"}
+        self.variants = dict(candidate.variants)
+        self._child: subprocess.Popen | None = None
+        self._stderr = tempfile.TemporaryFile()
+
+    def _start(self) -> subprocess.Popen:
+        if self._child is None or self._child.poll() is not None:
+            self._stderr.seek(0)
+            self._stderr.truncate()
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "conformance.survival", self.loader_name],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        return self._child
+
+    def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
+        child = self._start()
+        with tempfile.TemporaryDirectory(prefix="loadcheck-isolated-") as tmp:
+            request = {"checkpoint": checkpoint, "spec": spec.to_dict(),
+                       "options": vars(options), "out": str(Path(tmp) / "result"),
+                       "timeout": self.timeout}
+            try:
+                child.stdin.write(json.dumps(request) + "\n")
+                child.stdin.flush()
+            except BrokenPipeError:
+                pass  # it died at start-up; the read below reports how
+            # the server enforces the timeout on a forked call; this one catches the rest
+            ready, _, _ = select.select([child.stdout], [], [], self.timeout + _GRACE)
+            if not ready:
+                child.kill()
+                child.wait()
+                raise CandidateHung(f"no answer within {self.timeout:g} s; the isolated "
+                                    f"candidate process was killed")
+            line = child.stdout.readline()
+            if not line:
+                code = child.wait()
+                self._stderr.seek(0)
+                tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+                how = (f"killed by {signal.Signals(-code).name}" if code < 0
+                       else f"exited with status {code}")
+                raise CandidateCrashed(f"the candidate's process {how} during load"
+                                       + (f"; stderr: {' | '.join(tail)}" if tail else ""))
+            answer = json.loads(line)
+            if "hang" in answer:
+                raise CandidateHung(answer["hang"])
+            if "crash" in answer:
+                raise CandidateCrashed(answer["crash"])
+            if "error" in answer:
+                error = answer["error"]
+                if error["family"] in ERROR_FAMILIES:
+                    raise ERROR_FAMILIES[error["family"]](
+                        error["message"], subject=error["subject"],
+                        alternatives=frozenset(error["alternatives"]))
+                raise RuntimeError(f"{error['type']}: {error['message']}")
+            return _read_result(Path(request["out"]))
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

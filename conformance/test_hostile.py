@@ -1,0 +1,85 @@
+"""Hostile checkpoints (P11 and friends): every case of the named corpus, and byte-level
+corruptions of valid checkpoints, must be refused as the reference refuses them. A
+candidate that loads what the reference refuses as unsafe or corrupt is a `critical`
+divergence."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from generators.hostile import HOSTILE_CASES, Corruption, corruptions
+from generators.specs import model_specs
+from reference.contract import LoadOptions, ModelSpec
+from .compare import Divergence, compare_outcomes
+from .harness import count_example, fail_on, load_both, name_sets
+from .session import current
+
+
+@dataclass(frozen=True)
+class _Hostile:
+    """What the harness reports about a hostile checkpoint (it is not a CheckpointPlan)."""
+
+    spec: ModelSpec
+    text: str
+    fused: bool = False
+
+    def summary(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class _HostileCase:
+    plan: _Hostile
+    options: LoadOptions
+
+    def summary(self) -> str:
+        return f"{self.plan.spec.summary()} | {self.plan.text} | {self.options.summary()}"
+
+
+def _check(case: _HostileCase, directory: Path, prop: str) -> None:
+    count_example()
+    run = current()
+    expected, found = load_both(case, directory, case.options, spec=case.plan.spec)
+    divergences = compare_outcomes(expected, found, name_sets=name_sets(run.capabilities),
+                                   device=case.options.device, any_refusal=True)
+    fail_on(divergences, prop, case, directory)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CASES))
+def test_named_hostile_checkpoint_is_refused(name):
+    hostile = HOSTILE_CASES[name]
+    run = current()
+    lacking = sorted(hostile.needs - run.capabilities)
+    if lacking:
+        pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
+    with tempfile.TemporaryDirectory(prefix="loadcheck-hostile-") as tmp:
+        directory = Path(tmp) / "checkpoint"
+        directory.mkdir()
+        hostile.write(directory)
+        options = LoadOptions(device=run.device, check_finite=hostile.options.check_finite)
+        _check(_HostileCase(_Hostile(hostile.spec, hostile.summary()), options), directory,
+               "P11 hostile checkpoint")
+        if (directory / "UNPICKLED").exists():
+            fail_on([Divergence("error", name, "the candidate unpickled a pickle posing as a "
+                                "checkpoint (it ran code from the file)", severity="critical")],
+                    "P11 hostile checkpoint", _HostileCase(_Hostile(hostile.spec,
+                                                                    hostile.summary()), options))
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
+def test_corrupted_bytes_are_refused_or_loaded_alike(data):
+    """Cut a valid file anywhere, or overwrite a few bytes anywhere (the header most
+    often): the candidate refuses what the reference refuses, and otherwise agrees."""
+    run = current()
+    spec = data.draw(model_specs(max_layers=1), label="spec")
+    corruption: Corruption = data.draw(corruptions(spec), label="corruption")
+    with tempfile.TemporaryDirectory(prefix="loadcheck-corrupt-") as tmp:
+        directory = corruption.write(Path(tmp) / "checkpoint")
+        case = _HostileCase(_Hostile(spec, corruption.summary()), LoadOptions(device=run.device))
+        _check(case, directory, "P11 corrupted bytes")
