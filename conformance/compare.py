@@ -119,6 +119,7 @@ def compare_tensor(name: str, expected: torch.Tensor, found: torch.Tensor,
     index = list(torch.unravel_index(torch.tensor(first), expected.shape)) if expected.dim() else []
     index = [int(i) for i in index]
     detail: dict[str, Any] = {"mismatched": count, "numel": expected.numel(),
+                              "shape": list(expected.shape), "dtype": str(expected.dtype),
                               "first_index": index, "expected_value": _fmt(expected_cpu, first),
                               "found_value": _fmt(found_cpu, first)}
     text = f"{name}: {count} of {expected.numel()} elements differ"

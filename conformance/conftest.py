@@ -20,6 +20,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="loader under test: reference, an adapter name, a module, or module:attr")
     group.addoption("--device", default=None, help="device to load onto (cpu, cuda, cuda:1)")
     group.addoption("--records", default=None, help="directory for divergence records")
+    group.addoption("--html-report", default=None, metavar="PATH",
+                    help="write the self-contained HTML divergence report here at the end")
     group.addoption("--isolate", action="store_true", default=False,
                     help="run candidate calls in a child process: a crash costs one example")
     group.addoption("--candidate-timeout", type=float, default=None,
@@ -129,3 +131,32 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         import torch
         if not torch.cuda.is_available():
             pytest.skip(f"--device {run.device}: no CUDA device on this machine")
+
+
+def _controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """One outcome line per test (from the controller), so a report can count passes."""
+    from conformance.session import current
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return  # the controller receives every worker's reports and writes them once
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        current().records.write({"type": "outcome", "test": report.nodeid,
+                                 "outcome": report.outcome})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--html-report")
+    if path and _controller(session.config):
+        from conformance.session import current
+        from reports.html import build_report
+        out = build_report([current().records.directory], path)
+        session.config._loadcheck_report = out
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    out = getattr(config, "_loadcheck_report", None)
+    if out is not None:
+        terminalreporter.write_line(f"loadcheck: HTML report written to {out}")

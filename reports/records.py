@@ -1,48 +1,137 @@
-"""Reading the suite's records (schema 1): run metadata lines and divergence lines."""
+"""Reading the suite's records (schema 1): run metadata lines and divergence lines.
+
+`read_records` returns every record, flat. `read_runs` groups them by run: a divergence
+belongs to the run whose metadata line last preceded it in the same file (each process, the
+xdist controller and every worker, writes its own file, starting with its run line), and the
+files of one results directory whose run lines agree (time aside) are one run."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-__all__ = ["SUPPORTED_SCHEMAS", "Records", "read_records"]
+__all__ = ["SUPPORTED_SCHEMAS", "RUN_IDENTITY", "Records", "Run", "read_records", "read_runs"]
 
 SUPPORTED_SCHEMAS = {1}
+
+# The run-line fields that say which run it is; `time` differs between the xdist controller
+# and its workers, so it is not one of them.
+RUN_IDENTITY = ("loader", "loader_version", "device", "profile", "seed", "torch",
+                "hypothesis", "python", "revision")
 
 
 @dataclass
 class Records:
     runs: list[dict[str, Any]] = field(default_factory=list)
     divergences: list[dict[str, Any]] = field(default_factory=list)
+    # Per-test outcome lines ({"type": "outcome", "test", "outcome"}), when the suite writes them.
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _files(paths: Iterable[Path]) -> list[Path]:
+@dataclass
+class Run:
+    """One run of the suite: its metadata (the earliest time among its processes), where
+    its records came from, and what it recorded."""
+    meta: dict[str, Any]
+    directory: str
+    files: list[str] = field(default_factory=list)
+    divergences: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def loader(self) -> str:
+        return str(self.meta.get("loader") or "unknown")
+
+    @property
+    def cell(self) -> tuple[str, str]:
+        """(device, torch version): the matrix column this run belongs to."""
+        return (str(self.meta.get("device") or "unknown"), str(self.meta.get("torch") or "unknown"))
+
+
+def _files(paths: Iterable[Path], descend: bool = False) -> list[Path]:
     files = []
     for path in paths:
-        files += sorted(path.glob("records-*.jsonl")) if path.is_dir() else [path]
+        if path.is_dir():
+            found = sorted(path.glob("records-*.jsonl"))
+            if not found and descend:  # a folder of result directories (nightly artifacts)
+                found = sorted(path.rglob("records-*.jsonl"))
+            files += found
+        else:
+            files.append(path)
     return files
 
 
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of one file; a line that is not a record of a known schema is an error
+    naming the file and line (a truncated last line, from a run killed mid-write, is skipped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON record") from None
+        if not isinstance(record, dict) or record.get("schema") not in SUPPORTED_SCHEMAS:
+            schema = record.get("schema") if isinstance(record, dict) else None
+            raise ValueError(f"{path}:{number}: record schema {schema!r} is "
+                             f"not one of {sorted(SUPPORTED_SCHEMAS)}")
+        yield record
+
+
 def read_records(paths: Iterable[str | Path]) -> Records:
-    """Every record in the given files or result directories; a line that is not a record of
-    a known schema is an error naming the file and line (a truncated last line, from a run
-    that was killed mid-write, is skipped)."""
+    """Every record in the given files or result directories, in file order."""
     records = Records()
     for path in _files(Path(p) for p in paths):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number == len(lines):
-                    continue
-                raise ValueError(f"{path}:{number}: not a JSON record") from None
-            if record.get("schema") not in SUPPORTED_SCHEMAS:
-                raise ValueError(f"{path}:{number}: record schema {record.get('schema')!r} is "
-                                 f"not one of {sorted(SUPPORTED_SCHEMAS)}")
-            (records.runs if record.get("type") == "run" else records.divergences).append(record)
+        for record in _lines(path):
+            kind = record.get("type")
+            if kind == "run":
+                records.runs.append(record)
+            elif kind == "outcome":
+                records.outcomes.append(record)
+            else:
+                records.divergences.append(record)
     return records
+
+
+def read_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The records of the given files or result directories (or folders of result
+    directories), grouped into runs, in the order they were first seen."""
+    runs: dict[tuple, Run] = {}
+    seen: set[Path] = set()
+    for path in _files((Path(p) for p in paths), descend=True):
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        directory = str(path.parent)
+        current: Run | None = None
+        for record in _lines(path):
+            kind = record.get("type")
+            if kind == "run":
+                current = _run_for(runs, directory, record)
+                if str(path) not in current.files:
+                    current.files.append(str(path))
+                time = record.get("time")
+                if time and (not current.meta.get("time") or str(time) < str(current.meta["time"])):
+                    current.meta["time"] = time
+                continue
+            run = current
+            if run is None:  # records without a run line before them (a foreign or cut file)
+                run = _run_for(runs, directory, {"loader": record.get("loader")})
+                if str(path) not in run.files:
+                    run.files.append(str(path))
+            (run.outcomes if kind == "outcome" else run.divergences).append(record)
+    return list(runs.values())
+
+
+def _run_for(runs: dict[tuple, Run], directory: str, meta: dict[str, Any]) -> Run:
+    key = (directory,) + tuple(json.dumps(meta.get(k), sort_keys=True, default=str)
+                               for k in RUN_IDENTITY)
+    if key not in runs:
+        runs[key] = Run(meta={k: v for k, v in meta.items() if k != "schema"}, directory=directory)
+    return runs[key]

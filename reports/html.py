@@ -1,0 +1,352 @@
+"""The HTML report: one self-contained file (inline CSS, JS and SVG; nothing fetched) built
+from the suite's records with jinja2 templates (autoescaped).
+
+    build_report(["results/latest"], "report.html")
+
+This module turns records into plain view data (dicts of strings and numbers); the
+templates in `reports/templates/` lay it out. Contents: the runs merged (their metadata), a
+matrix loader x (device, torch version), a summary property family x loader, and a card per
+divergence (identical divergences of one run are shown once, with their count), filterable
+by family, loader and matrix cell in the page."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from .records import Run, read_runs
+
+__all__ = ["build_report", "render_report", "report_context", "MAX_ITEMS_PER_CARD"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# Worst first (conformance.compare.SEVERITIES); an unknown severity sorts last.
+SEVERITY_ORDER = ("critical", "crash", "hang", "divergence")
+
+# A card shows this many tensor-level divergences in full (a loader that gets every tensor
+# wrong would otherwise make one card a page long), the next ones as rows of a compact table,
+# and names the rest in one line.
+MAX_ITEMS_PER_CARD = 4
+MAX_ROWS_PER_CARD = 60
+MAX_NAMES_LISTED = 24
+
+# Fields that differ between replays of one failure without it being another divergence.
+_VOLATILE = frozenset({"schema", "examples_before_failure", "repro_checkpoint"})
+
+_ROWS_OF = re.compile(r"\(rows \d+:\d+ of (\d+)\)")
+_TENSOR_TAIL = re.compile(r"found .*\((torch\.\w+)\)(?:; (.+))?$")
+
+
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
+                      autoescape=select_autoescape(enabled_extensions=("html", "j2"),
+                                                   default_for_string=True, default=True),
+                      trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+    env.filters["num"] = fmt_number
+    env.filters["g"] = lambda x: f"{x:.4g}"
+    return env
+
+
+def fmt_number(value: Any) -> str:
+    """3 significant digits for floats, thousands separators for integers, NaN / inf kept."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value == int(value) and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _version_key(text: str) -> tuple:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+\-]", text))
+
+
+def _family_key(name: str) -> tuple:
+    match = re.match(r"P(\d+)\b", name)
+    return (int(match.group(1)) if match else 10**6, name)
+
+
+def _severity_rank(severity: str) -> int:
+    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
+
+
+def _cell_key(cell: tuple[str, str]) -> str:
+    return f"{cell[0]} · torch {cell[1]}"
+
+
+def _run_view(index: int, run: Run, divergences: int, tests: int) -> dict[str, Any]:
+    meta = run.meta
+    revision = str(meta.get("revision") or "")
+    seed = meta.get("seed")
+    return {
+        "id": f"r{index}", "loader": run.loader, "version": str(meta.get("loader_version") or "-"),
+        "torch": str(meta.get("torch") or "-"), "device": str(meta.get("device") or "-"),
+        "profile": str(meta.get("profile") or "-"),
+        "seed": ("derandomized" if "seed" in meta else "-") if seed is None else str(seed),
+        "revision": revision[:10] or "-", "revision_full": revision or "unknown",
+        "time": str(meta.get("time") or "-"), "python": str(meta.get("python") or "-"),
+        "hypothesis": str(meta.get("hypothesis") or "-"), "directory": run.directory,
+        "divergences": divergences, "failing_tests": tests, "cell": _cell_key(run.cell),
+    }
+
+
+def _row_count(detail: dict[str, Any], message: str) -> int | None:
+    """The tensor's first dimension: from `shape` when the record has it, else from the
+    message's "(rows a:b of N)"."""
+    shape = detail.get("shape")
+    if isinstance(shape, list) and shape and isinstance(shape[0], int):
+        return shape[0]
+    match = _ROWS_OF.search(message)
+    return int(match.group(1)) if match else None
+
+
+def _bar(detail: dict[str, Any], message: str) -> dict[str, Any] | None:
+    """Geometry for the mini-visual: the mismatched (and poisoned) share of the elements,
+    and the span of differing rows among the tensor's rows."""
+    mismatched, numel = detail.get("mismatched"), detail.get("numel")
+    if not isinstance(mismatched, int) or not isinstance(numel, int) or numel <= 0:
+        return None
+    width = 200.0
+    poisoned = detail.get("poisoned") if isinstance(detail.get("poisoned"), int) else 0
+    bar: dict[str, Any] = {
+        "w": width, "mis": max(1.0, width * mismatched / numel) if mismatched else 0.0,
+        "poison": max(1.0, width * poisoned / numel) if poisoned else 0.0,
+        "pct": 100.0 * mismatched / numel, "rows": None,
+    }
+    rows, total = detail.get("rows"), _row_count(detail, message)
+    if isinstance(rows, list) and len(rows) == 2 and total:
+        start, stop = rows
+        bar["rows"] = {"x": width * start / total, "w": max(1.5, width * (stop - start) / total),
+                       "start": start, "stop": stop, "total": total}
+    return bar
+
+
+def _item_view(d: dict[str, Any]) -> dict[str, Any]:
+    detail = d.get("detail") or {}
+    if not isinstance(detail, dict):
+        detail = {"value": detail}
+    message = str(d.get("message") or "")
+    kind = str(d.get("kind") or "?")
+    item: dict[str, Any] = {
+        "kind": kind, "subject": str(d.get("subject") or ""), "message": message,
+        "severity": str(d.get("severity") or "divergence"), "stats": [], "bar": None,
+        "expected": None, "found": None, "first_index": None, "lacking": [], "extra": [],
+        "lacking_more": 0, "extra_more": 0, "dtype": None, "where": None,
+    }
+    if "mismatched" in detail:
+        numel = detail.get("numel")
+        stats = [("mismatched", f"{fmt_number(detail['mismatched'])} / {fmt_number(numel)}",
+                  "c-mis")]
+        rows = detail.get("rows")
+        if isinstance(rows, list) and len(rows) == 2:
+            total = _row_count(detail, message)
+            stats.append(("rows", f"{rows[0]}:{rows[1]}" + (f" of {total}" if total else ""),
+                          "c-rows"))
+        if detail.get("poisoned"):
+            stats.append(("poisoned", fmt_number(detail["poisoned"]), "c-poi"))
+        if "max_abs_diff" in detail:
+            stats.append(("max abs diff", fmt_number(detail["max_abs_diff"]), ""))
+        if "max_rel_diff" in detail:
+            stats.append(("max rel diff", fmt_number(detail["max_rel_diff"]), ""))
+        item["stats"] = stats
+        item["bar"] = _bar(detail, message)
+        item["expected"] = detail.get("expected_value")
+        item["found"] = detail.get("found_value")
+        if detail.get("first_index") is not None:
+            item["first_index"] = json.dumps(detail["first_index"])
+    elif isinstance(detail.get("expected"), list) and isinstance(detail.get("found"), list):
+        expected = [str(x) for x in detail["expected"]]
+        found = [str(x) for x in detail["found"]]
+        if kind == "names":  # name sets: what is lacking and what is extra
+            lacking = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            item["lacking"], item["extra"] = lacking[:MAX_NAMES_LISTED], extra[:MAX_NAMES_LISTED]
+            item["lacking_more"] = max(0, len(lacking) - MAX_NAMES_LISTED)
+            item["extra_more"] = max(0, len(extra) - MAX_NAMES_LISTED)
+        else:  # shapes
+            item["expected"] = json.dumps(detail["expected"])
+            item["found"] = json.dumps(detail["found"])
+    elif "expected" in detail or "found" in detail:
+        item["expected"] = _short(detail.get("expected"))
+        item["found"] = _short(detail.get("found"))
+        if detail.get("expected_family") or detail.get("found_family"):
+            item["stats"] = [("families", f"{detail.get('expected_family', '?')} → "
+                                          f"{detail.get('found_family', '?')}", "")]
+    for key in ("expected", "found"):
+        if item[key] is not None:
+            item[key] = _short(item[key])
+    if item["stats"] and "mismatched" in detail:
+        # The message's last line: "first at [i]: expected X, found Y (dtype); where".
+        tail = _TENSOR_TAIL.search(message.splitlines()[-1]) if message else None
+        if tail:
+            item["dtype"], item["where"] = tail.group(1), tail.group(2)
+    structured = item["stats"] or item["expected"] is not None or item["lacking"] or item["extra"]
+    # The text says nothing the structured fields do not, except where it could not be parsed.
+    item["show_message"] = bool(message) and (not structured or (
+        "mismatched" in detail and item["dtype"] is None))
+    return item
+
+
+def _row_view(d: dict[str, Any]) -> dict[str, Any]:
+    """One line of the compact table: what, how many, where, how far."""
+    item = _item_view(d)
+    stats = {label: value for label, value, _ in item["stats"]}
+    values = ""
+    if item["expected"] is not None or item["found"] is not None:
+        values = f"{item['expected'] if item['expected'] is not None else '-'} → " \
+                 f"{item['found'] if item['found'] is not None else '-'}"
+    elif not item["stats"]:
+        values = item["message"].splitlines()[0] if item["message"] else ""
+    return {"kind": item["kind"], "subject": item["subject"],
+            "mismatched": stats.get("mismatched", ""), "rows": stats.get("rows", ""),
+            "poisoned": stats.get("poisoned", ""), "max_abs": stats.get("max abs diff", ""),
+            "vals": _short(values, 160)}
+
+
+def _short(value: Any, limit: int = 600) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats: int
+               ) -> dict[str, Any]:
+    items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
+    full, rows = items[:MAX_ITEMS_PER_CARD], items[MAX_ITEMS_PER_CARD:MAX_ROWS_PER_CARD]
+    test = str(record.get("test") or "?")
+    severity = str(record.get("severity") or min(
+        (str(d.get("severity") or "divergence") for d in items), key=_severity_rank,
+        default="divergence"))
+    return {
+        "id": f"d{index}", "severity": severity, "property": str(record.get("property") or "?"),
+        "test": test, "test_name": test.split("::")[-1],
+        "loader": str(record.get("loader") or run["loader"]),
+        "run": run["id"], "cell": run["cell"], "case": str(record.get("case") or ""),
+        "checkpoint": str(record.get("checkpoint") or ""),
+        "options": str(record.get("options") or ""),
+        "examples": record.get("examples_before_failure"), "rerun": str(record.get("rerun") or ""),
+        "repro": str(record.get("repro_checkpoint") or ""), "repeats": repeats,
+        "diffs": [_item_view(d) for d in full], "rows": [_row_view(d) for d in rows],
+        "total_items": len(items),
+        "more": [str(d.get("subject") or d.get("kind") or "?")
+                 for d in items[MAX_ROWS_PER_CARD:MAX_ROWS_PER_CARD + MAX_NAMES_LISTED]],
+        "more_count": max(0, len(items) - MAX_ROWS_PER_CARD),
+    }
+
+
+def _dedup_key(record: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in record.items() if k not in _VOLATILE},
+                      sort_keys=True, default=str)
+
+
+def report_context(runs: list[Run], title: str | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data."""
+    cards_raw: list[tuple[dict[str, Any], dict[str, Any], int]] = []
+    run_views = []
+    for number, run in enumerate(runs, 1):
+        counts: Counter[str] = Counter()
+        first: dict[str, dict[str, Any]] = {}
+        for record in run.divergences:
+            key = _dedup_key(record)
+            counts[key] += 1
+            first.setdefault(key, record)
+        tests = {str(r.get("test")) for r in first.values()}
+        view = _run_view(number, run, len(first), len(tests))
+        view["outcomes"] = _outcome_counts(run)
+        run_views.append(view)
+        cards_raw += [(record, view, counts[key]) for key, record in first.items()]
+
+    cards_raw.sort(key=lambda c: (_severity_rank(str(c[0].get("severity") or "divergence")),
+                                  c[1]["loader"], _family_key(str(c[0].get("property") or "")),
+                                  str(c[0].get("test") or ""), c[1]["id"]))
+    cards = [_card_view(i, record, run, repeats) for i, (record, run, repeats)
+             in enumerate(cards_raw, 1)]
+
+    loaders = sorted({r["loader"] for r in run_views} | {c["loader"] for c in cards})
+    families = sorted({c["property"] for c in cards}, key=_family_key)
+    cells = sorted({r["cell"] for r in run_views},
+                   key=lambda c: (c.split(" · ")[0], _version_key(c.split("torch ")[-1])))
+    # The filters match cards by index into these lists (short attributes, nothing to escape).
+    for card in cards:
+        card["f"], card["l"] = families.index(card["property"]), loaders.index(card["loader"])
+        card["c"] = cells.index(card["cell"])
+    loaders_with_runs = {r["loader"] for r in run_views if r["version"] != "-" or r["torch"] != "-"}
+
+    by_family = Counter((c["property"], c["loader"]) for c in cards)
+    summary = [{"family": f, "cells": [{"loader": l, "count": by_family[(f, l)],
+                                        "state": "bad" if by_family[(f, l)] else
+                                        ("ok" if l in loaders_with_runs else "none")}
+                                       for l in loaders],
+                "total": sum(by_family[(f, l)] for l in loaders)} for f in families]
+    loader_totals = [sum(by_family[(f, l)] for f in families) for l in loaders]
+
+    matrix_runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for view in run_views:
+        matrix_runs[(view["loader"], view["cell"])].append(view)
+    matrix = []
+    for loader in loaders:
+        row = []
+        for cell in cells:
+            views = matrix_runs.get((loader, cell), [])
+            divs = sum(v["divergences"] for v in views)
+            tests = sum(v["failing_tests"] for v in views)
+            outcomes: Counter[str] = Counter()
+            for v in views:
+                outcomes.update(v["outcomes"])
+            row.append({"cell": cell, "runs": len(views), "divergences": divs, "tests": tests,
+                        "passed": outcomes.get("passed"), "failed": outcomes.get("failed"),
+                        "skipped": outcomes.get("skipped"),
+                        "state": "none" if not views else ("bad" if divs or outcomes.get("failed")
+                                                           else "ok")})
+        matrix.append({"loader": loader, "cells": row})
+
+    severities = Counter(c["severity"] for c in cards)
+    return {
+        "title": title or ("loadcheck: " + (loaders[0] if len(loaders) == 1 else
+                                            f"{len(loaders)} loaders" if loaders else "no runs")),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        "runs": run_views, "cards": cards, "loaders": loaders, "families": families,
+        "cells": cells, "summary": summary, "loader_totals": loader_totals, "matrix": matrix,
+        "family_counts": Counter(c["property"] for c in cards),
+        "loader_counts": Counter(c["loader"] for c in cards),
+        "cell_counts": Counter(c["cell"] for c in cards),
+        "severities": [(s, severities[s]) for s in sorted(severities, key=_severity_rank)],
+        "repeats": sum(c["repeats"] - 1 for c in cards),
+    }
+
+
+def _outcome_counts(run: Run) -> dict[str, int]:
+    last: dict[str, str] = {}
+    for record in run.outcomes:
+        if record.get("test"):
+            last[str(record["test"])] = str(record.get("outcome"))
+    return dict(Counter(last.values()))
+
+
+def render_report(runs: list[Run], title: str | None = None) -> str:
+    return _environment().get_template("report.html.j2").render(**report_context(runs, title))
+
+
+def build_report(paths: Iterable[str | Path], output: str | Path, title: str | None = None
+                 ) -> Path:
+    """Read the records under `paths` (records-*.jsonl files, result directories, or folders
+    of result directories), render the report and write it to `output`; returns its path."""
+    output = Path(output)
+    html = render_report(read_runs(paths), title)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(html, encoding="utf-8")
+    return output
