@@ -4,6 +4,7 @@ act on (and write the record, once Hypothesis has shrunk the example)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -22,6 +23,7 @@ from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import layout_keys
 from reference.tp import rank_slice
+from .repro import CASE_FILE
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
 from .session import current
@@ -108,7 +110,6 @@ def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | No
             source[slot.canonical] = f"{rows}checkpoint key {key!r}"
     weight_map = {}
     if directory is not None and (directory / INDEX_FILE).exists():
-        import json
         weight_map = json.loads((directory / INDEX_FILE).read_text()).get("weight_map", {})
 
     def where(name: str) -> str:
@@ -130,6 +131,7 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     if not divergences:
         return
     run, nodeid = current(), _nodeid()
+    first = nodeid not in run.first_failure
     run.first_failure.setdefault(nodeid, run.examples.get(nodeid, 0))
     command = rerun_command()
     lines = [f"loadcheck: {run.loader_name} diverges from the reference [{prop}]"
@@ -144,11 +146,13 @@ def fail_on(divergences: list[Divergence], prop: str, case,
         final, hypothesis_test = current_build_context().is_final, True
     except InvalidArgument:  # a plain (parametrized) test, not under Hypothesis
         final, hypothesis_test = True, False
-    if final:
-        if hypothesis_test:
-            note(message)
+    if final and hypothesis_test:
+        note(message)
+    if final or first:
+        # Written when first found (so a killed run keeps it) and again once shrunk.
         record = {
-            "type": "divergence", "property": prop, "test": nodeid, "loader": run.loader_name,
+            "type": "divergence", "stage": "final" if final else "first",
+            "property": prop, "test": nodeid, "loader": run.loader_name,
             "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
             "case": case.summary(), "spec": case.plan.spec.to_dict(),
             "checkpoint": case.plan.summary(), "options": case.options.summary(),
@@ -161,7 +165,12 @@ def fail_on(divergences: list[Divergence], prop: str, case,
             target = run.records.directory / "repro" / slug
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(directory, target)
+            (target / CASE_FILE).write_text(json.dumps({
+                "property": prop, "loader": run.loader_name, "spec": case.plan.spec.to_dict(),
+                "options": vars(case.options)}, indent=1))
             record["repro_checkpoint"] = str(target)
+            record["repro_command"] = (f"python -m conformance.repro {shlex.quote(str(target))}"
+                                       f" --loader {shlex.quote(run.loader_name)}")
         run.records.write(record)
     raise AssertionError(message)
 

@@ -10,11 +10,12 @@ import argparse
 import sys
 from collections import Counter
 
-from .records import read_records
+from .records import final_divergences, read_records
 
 
 def summary(paths: list[str]) -> str:
     records = read_records(paths)
+    records.divergences = final_divergences(records.divergences)
     loaders = sorted({r["loader"] for r in records.runs} | {d["loader"] for d in records.divergences})
     lines = [f"{len(records.divergences)} divergences in {len(loaders)} loader(s): "
              f"{', '.join(loaders) or '-'}"]
@@ -27,6 +28,8 @@ def summary(paths: list[str]) -> str:
                   f"  case: {d['case']}", f"  re-run: {d['rerun']}"]
         if d.get("repro_checkpoint"):
             lines.append(f"  checkpoint: {d['repro_checkpoint']}")
+        if d.get("repro_command"):
+            lines.append(f"  replay: {d['repro_command']}")
     return "\n".join(lines)
 
 

@@ -36,7 +36,8 @@ MAX_ROWS_PER_CARD = 60
 MAX_NAMES_LISTED = 24
 
 # Fields that differ between replays of one failure without it being another divergence.
-_VOLATILE = frozenset({"schema", "examples_before_failure", "repro_checkpoint"})
+_VOLATILE = frozenset({"schema", "examples_before_failure", "repro_checkpoint",
+                       "repro_command"})
 
 _ROWS_OF = re.compile(r"\(rows \d+:\d+ of (\d+)\)")
 _TENSOR_TAIL = re.compile(r"found .*\((torch\.\w+)\)(?:; (.+))?$")
@@ -240,6 +241,8 @@ def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats:
         "options": str(record.get("options") or ""),
         "examples": record.get("examples_before_failure"), "rerun": str(record.get("rerun") or ""),
         "repro": str(record.get("repro_checkpoint") or ""), "repeats": repeats,
+        "repro_command": str(record.get("repro_command") or ""),
+        "unshrunk": record.get("stage") == "first",
         "diffs": [_item_view(d) for d in full], "rows": [_row_view(d) for d in rows],
         "total_items": len(items),
         "more": [str(d.get("subject") or d.get("kind") or "?")

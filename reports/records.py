@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["SUPPORTED_SCHEMAS", "RUN_IDENTITY", "Records", "Run", "read_records", "read_runs"]
+__all__ = ["SUPPORTED_SCHEMAS", "RUN_IDENTITY", "Records", "Run", "read_records", "read_runs", "final_divergences"]
 
 SUPPORTED_SCHEMAS = {1}
 
@@ -126,7 +126,16 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
                 if str(path) not in run.files:
                     run.files.append(str(path))
             (run.outcomes if kind == "outcome" else run.divergences).append(record)
+    for run in runs.values():
+        run.divergences = final_divergences(run.divergences)
     return list(runs.values())
+
+
+def final_divergences(divergences: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A failure is recorded when first found and again once shrunk: keep the shrunk one,
+    and the first one only where the run was killed before shrinking finished."""
+    shrunk = {d["test"] for d in divergences if d.get("stage") == "final"}
+    return [d for d in divergences if d.get("stage") != "first" or d["test"] not in shrunk]
 
 
 def _run_for(runs: dict[tuple, Run], directory: str, meta: dict[str, Any]) -> Run:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import importlib
 import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 from tests.mutants import MUTANTS
-from tests.mutation import run_suite
+from tests.mutation import ROOT, run_suite
 
 MAX_EXAMPLES_TO_CATCH = 20
 
@@ -39,17 +42,16 @@ def test_mutant_is_caught(name, tmp_path):
 
 
 def test_repro_checkpoint_reproduces_the_failure(tmp_path):
-    """The checkpoint saved beside a record fails the candidate on its own."""
-    from reference.contract import LoadOptions, ModelSpec
-    from reference.loading import ReferenceLoader
-    from tests.mutants.p2_gate_up_second_half_unwritten import loader as mutant
-
+    """The checkpoint saved beside a record fails the candidate on its own, through the
+    record's replay command, and the reference agrees with itself on it."""
     run = run_suite("tests.mutants.p2_gate_up_second_half_unwritten",
                     "conformance/test_loading.py::test_load_matches_reference", records=tmp_path)
-    record = run.records_of("test_load_matches_reference")[-1]
-    spec = ModelSpec.from_dict(record["spec"])
-    options = LoadOptions(poison=True)
-    expected = ReferenceLoader().load(record["repro_checkpoint"], spec, options).state
-    found = mutant.load(record["repro_checkpoint"], spec, options).state
-    differing = [n for n in expected if not expected[n].equal(found[n])]
-    assert differing and all("up_proj" in n for n in differing), differing
+    record = next(r for r in run.records_of("test_load_matches_reference")
+                  if r["stage"] == "final")
+    replay = subprocess.run(shlex.split(record["repro_command"]), cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert replay.returncode == 1 and "up_proj" in replay.stdout, replay.stdout + replay.stderr
+    agree = subprocess.run([sys.executable, "-m", "conformance.repro",
+                            record["repro_checkpoint"], "--loader", "reference"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert agree.returncode == 0 and agree.stdout.strip().endswith("agrees"), agree.stdout

@@ -31,3 +31,11 @@ def test_truncated_last_line_is_skipped_but_garbage_is_refused(tmp_path):
     (tmp_path / "records-main.jsonl").write_text(json.dumps({"schema": 99}) + "\n")
     with pytest.raises(ValueError, match="schema 99"):
         read_records([tmp_path])
+
+
+def test_a_failure_shows_once_shrunk_or_as_first_found_when_the_run_was_killed():
+    from reports.records import final_divergences
+    first = {"type": "divergence", "stage": "first", "test": "t::a"}
+    final = {"type": "divergence", "stage": "final", "test": "t::a"}
+    killed = {"type": "divergence", "stage": "first", "test": "t::b"}
+    assert final_divergences([first, final, killed]) == [final, killed]
