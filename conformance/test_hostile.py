@@ -41,10 +41,14 @@ class _HostileCase:
         return f"{self.plan.spec.summary()} | {self.plan.text} | {self.options.summary()}"
 
 
-def _check(case: _HostileCase, directory: Path, prop: str) -> None:
+def _check(case: _HostileCase, directory: Path, prop: str, must_refuse: str | None = None
+           ) -> None:
     count_example()
     run = current()
     expected, found = load_both(case, directory, case.options, spec=case.plan.spec)
+    if must_refuse is not None and expected.family != must_refuse:
+        raise AssertionError(f"the reference itself did not refuse this hostile checkpoint "
+                             f"with {must_refuse}: {expected.describe()} (a loadcheck bug)")
     divergences = compare_outcomes(expected, found, name_sets=name_sets(run.capabilities),
                                    device=case.options.device, any_refusal=True)
     fail_on(divergences, prop, case, directory)
@@ -63,7 +67,7 @@ def test_named_hostile_checkpoint_is_refused(name):
         hostile.write(directory)
         options = LoadOptions(device=run.device, check_finite=hostile.options.check_finite)
         _check(_HostileCase(_Hostile(hostile.spec, hostile.summary()), options), directory,
-               "P11 hostile checkpoint")
+               "P11 hostile checkpoint", must_refuse=hostile.family)
         if (directory / "UNPICKLED").exists():
             fail_on([Divergence("error", name, "the candidate unpickled a pickle posing as a "
                                 "checkpoint (it ran code from the file)", severity="critical")],
