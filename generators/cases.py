@@ -28,13 +28,13 @@ def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: b
                meta: bool = False, extras: bool = False, drop: bool = False,
                extra_keys: bool = False, near_miss: bool = False, wrong_shape: bool = False, wrong_dtype: bool = False,
                doubled: bool = False, stray: bool = False, min_shards: int = 1, strict=None, track=None,
-               dtype_override: bool = False) -> LoadCase:
+               dtype_override: bool = False, extra_strategy=None) -> LoadCase:
     """A case within `capabilities`. The keyword flags say which features and defects the
     property wants; `strict` / `track` force those options (None: drawn when claimed)."""
     can = capabilities.__contains__
     tp_size = draw(st.sampled_from([1, 2, 4])) if tp and can("tp") else 1
     spec = draw(model_specs(tp_size=tp_size, meta_submodule=meta and can("meta_submodule"),
-                            extras=extras and can("extras")))
+                            extras=extras and can("extras"), extra_strategy=extra_strategy))
     native = spec.fused_on_disk_natively
     plan = draw(checkpoint_plans(
         spec, fused_choices=(native, not native) if can("fused_on_disk") else (native,),

@@ -7,11 +7,13 @@ to the least model that still fails.
 
 from __future__ import annotations
 
+import torch
 from hypothesis import strategies as st
 
 from reference.contract import DTYPES, FAMILIES, ExtraParam, ModelSpec
 
-__all__ = ["model_specs", "extra_params", "EXTRA_DTYPES"]
+__all__ = ["model_specs", "extra_params", "EXTRA_DTYPES", "ALL_DTYPES", "DTYPE_CLASSES",
+           "any_dtype"]
 
 # Dtypes of `model.extras.*`: packed quantized weights, zero points, group indices, masks
 # and pre-quantized FP8 tensors.
@@ -19,21 +21,48 @@ EXTRA_DTYPES = ("int32", "int8", "uint8", "int64", "int16", "bool", "float8_e4m3
                 "float8_e5m2")
 
 
+# Every dtype torch can hold a parameter in (for byte accounting): the ones safetensors
+# cannot store (fnuz FP8, sub-byte ints, FP4 pairs) are never in a checkpoint, so they
+# stay missing, which is what a byte count of an offloaded model meets too.
+_DTYPE_CLASSES = {
+    "float": ("float32", "float16", "bfloat16", "float64"),
+    "fp8": ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+            "float8_e8m0fnu"),
+    "int": ("int8", "int16", "int32", "int64"),
+    "uint": ("uint8", "uint16", "uint32", "uint64"),
+    "bool": ("bool",),
+    "sub-byte": ("uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7",
+                 "int1", "int2", "int3", "int4", "int5", "int6", "int7"),
+    "fp4 pair": ("float4_e2m1fn_x2",),
+}
+DTYPE_CLASSES = {cls: tuple(n for n in names if isinstance(getattr(torch, n, None), torch.dtype))
+                 for cls, names in _DTYPE_CLASSES.items()}
+ALL_DTYPES = tuple(n for names in DTYPE_CLASSES.values() for n in names)
+# A class first, then a member: sub-byte ints are 14 of the 33 names and must not crowd
+# out the single FP4 or e8m0 dtype.
+any_dtype = st.sampled_from(sorted(c for c, names in DTYPE_CLASSES.items() if names)).flatmap(
+    lambda cls: st.sampled_from(DTYPE_CLASSES[cls]))
+
+
 @st.composite
-def extra_params(draw, max_count: int = 2) -> tuple[ExtraParam, ...]:
-    count = draw(st.integers(0, max_count))
+def extra_params(draw, max_count: int = 2, min_count: int = 0,
+                 dtypes=st.sampled_from(EXTRA_DTYPES)) -> tuple[ExtraParam, ...]:
+    """Extra parameters; `dtypes` is the strategy their dtype names come from."""
+    count = draw(st.integers(min_count, max_count))
     extras = []
     for i in range(count):
-        dtype = draw(st.sampled_from(EXTRA_DTYPES))
+        dtype = draw(dtypes)
         # (16, 16) and (256,) hold every FP8 bit pattern once the data generator places them.
         shape = draw(st.sampled_from([(4,), (2, 3), (16, 16), (256,), ()]))
-        extras.append(ExtraParam(f"{dtype.replace('float8_', 'fp8_')}_{i}", dtype, shape))
+        extras.append(ExtraParam(f"{dtype.replace('float8_', 'fp8_').replace('float4_', 'fp4_')}_{i}",
+                                 dtype, shape))
     return tuple(extras)
 
 
 @st.composite
 def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bool = False,
-                extras: bool = False, max_layers: int = 2, kv_heads=None) -> ModelSpec:
+                extras: bool = False, max_layers: int = 2, kv_heads=None,
+                extra_strategy=None) -> ModelSpec:
     """A tiny decoder that `tp_size` ranks can split (heads, kv heads, I and V divisible).
     `kv_heads` (a strategy) overrides the draw of num_kv_heads from 1, 2, 4."""
     family = draw(st.sampled_from(families))
@@ -61,5 +90,6 @@ def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bo
         tie_word_embeddings=draw(st.booleans()),
         dtype=draw(st.sampled_from(DTYPES)),
         meta_submodule=draw(st.booleans()) if meta_submodule else False,
-        extras=draw(extra_params()) if extras else (),
+        extras=draw(extra_strategy if extra_strategy is not None else extra_params())
+        if extras else (),
     )

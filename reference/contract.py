@@ -46,6 +46,7 @@ CAPABILITIES: Mapping[str, str] = {
     "poison": "fills every allocation with the poison pattern before loading",
     "forward": "computes logits of the tiny decoder",
     "finite_check": "with check_finite on, refuses NaN / Inf in float tensors, naming the key",
+    "bytes": "reports each parameter's bytes: parameter_bytes(result) -> {canonical name: int}",
     # Later issues: FP8, reload, offload, CUDA.
     "fp8_online": "online per-tensor FP8 quantization after loading",
     "fp8_serialized": "serialized per-tensor FP8 checkpoints",
@@ -379,7 +380,8 @@ class Loader(Protocol):
     `spec` / the checkpoint's config.json, loads with the library's own code, maps the
     library's exceptions onto the :class:`LoadError` family, and returns the canonical
     :class:`LoadResult`. Optional: `forward(result, input_ids) -> logits` when the
-    loader claims the `forward` capability.
+    loader claims the `forward` capability, and `parameter_bytes(result) -> {canonical
+    name: bytes}` (the loader's own accounting, e.g. an offloader's) when it claims `bytes`.
     """
 
     name: str
@@ -413,4 +415,6 @@ def check_loader(obj: Any) -> list[str]:
             problems.append(f"variant {key}={value!r} is not one of {VARIANTS[key]}")
     if "forward" in obj.capabilities and not callable(getattr(obj, "forward", None)):
         problems.append("claims 'forward' but has no callable forward(result, input_ids)")
+    if "bytes" in obj.capabilities and not callable(getattr(obj, "parameter_bytes", None)):
+        problems.append("claims 'bytes' but has no callable parameter_bytes(result)")
     return problems

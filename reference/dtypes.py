@@ -51,6 +51,9 @@ def poison_(tensor: torch.Tensor) -> torch.Tensor:
     """Fill `tensor` in place with its dtype's poison pattern."""
     if tensor.dtype == torch.bool:
         return tensor.fill_(True)
+    if tensor.is_contiguous():  # bytes directly: sub-byte dtypes have no copy kernel
+        tensor.reshape(-1).view(torch.uint8).fill_(0xFF)
+        return tensor
     pattern = torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
     pattern.reshape(-1).view(torch.uint8).fill_(0xFF)
     return tensor.copy_(pattern)

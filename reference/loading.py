@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 
+from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
 from .contract import (CAPABILITIES, VARIANTS, CorruptCheckpointError, LoadError, LoadOptions,
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError,
@@ -114,6 +115,9 @@ class ReferenceLoader:
 
     def forward(self, result: LoadResult, input_ids: torch.Tensor) -> torch.Tensor:
         return result.model(input_ids)
+
+    def parameter_bytes(self, result: LoadResult) -> dict[str, int]:
+        return parameter_bytes(result.state)
 
     # ----- the steps ---------------------------------------------------------------------
     def open(self, checkpoint: str) -> Checkpoint:

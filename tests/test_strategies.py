@@ -121,3 +121,22 @@ def test_tensors_strategy_keeps_dtype_and_shape(dtype):
             assert t.float().isfinite().all()
 
     check()
+
+
+def test_byte_cases_reach_every_dtype_class():
+    from generators.specs import any_dtype, extra_params
+
+    def features(case):
+        kinds = {e.dtype for e in case.plan.spec.extras}
+        return {"fnuz or e8m0 fp8": any("fnuz" in k or "e8m0" in k for k in kinds),
+                "sub-byte int": any(k.lstrip("u") in {f"int{i}" for i in range(1, 8)}
+                                    for k in kinds),
+                "fp4 pair": "float4_e2m1fn_x2" in kinds, "bool": "bool" in kinds,
+                "wide uint": any(k in ("uint16", "uint32", "uint64") for k in kinds),
+                "int32 (packed weights)": "int32" in kinds}
+    seen = reached(load_cases(ALL, extras=True, tp=True, extra_strategy=extra_params(
+        min_count=3, max_count=6, dtypes=any_dtype)), features)
+    expected = ["fnuz or e8m0 fp8", "sub-byte int", "fp4 pair", "bool", "wide uint",
+                "int32 (packed weights)"]
+    missing = [f for f in expected if not seen[f]]
+    assert not missing, f"not reached within {CORNER_BUDGET} examples: {missing}; {dict(seen)}"

@@ -1,0 +1,50 @@
+"""Bytes (P7, seed 002): a loader's byte accounting equals numel x itemsize for every
+parameter and every torch dtype (floats, every FP8 variant, ints, uints, bool, sub-byte
+ints, FP4 pairs), and the total is their sum. See reference/accounting.py for the rule."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from generators.cases import load_cases
+from generators.specs import any_dtype, extra_params
+from .compare import Divergence
+from .harness import candidate_call, count_example, fail_on, load_both, written
+from .session import current
+
+
+@pytest.mark.requires("load", "extras", "bytes")
+@given(data=st.data())
+def test_parameter_bytes_for_every_dtype(data):
+    run = current()
+    count_example()
+    # Several extras of any dtype per model, so every example counts many dtypes at once.
+    case = data.draw(load_cases(run.capabilities, device=run.device, extras=True, tp=True,
+                                extra_strategy=extra_params(min_count=3, max_count=6,
+                                                            dtypes=any_dtype)), label="case")
+    with written(case.plan) as directory:
+        expected, found = load_both(case, directory)
+        if expected.result is None or found.result is None:
+            return  # whether both load is the loading properties' business
+        want = run.reference.parameter_bytes(expected.result)
+        got = candidate_call(lambda: run.candidate.parameter_bytes(found.result))
+        if got.error is not None:
+            fail_on([Divergence("error", "parameter_bytes", f"parameter_bytes raised "
+                                f"{got.describe()}", {"found": got.describe()})], "P7 bytes",
+                    case, directory)
+        found_bytes, divergences = dict(got.result), []
+        for name in sorted(want):
+            tensor = expected.result.state[name]
+            if found_bytes.get(name) != want[name]:
+                divergences.append(Divergence(
+                    "bytes", name, f"{name}: {found_bytes.get(name)} bytes, expected {want[name]}"
+                    f" ({tensor.dtype}, shape {list(tensor.shape)}: numel x itemsize)",
+                    {"expected": want[name], "found": found_bytes.get(name),
+                     "dtype": str(tensor.dtype), "shape": list(tensor.shape)}))
+        total, found_total = sum(want.values()), sum(v or 0 for v in found_bytes.values())
+        if total != found_total:
+            divergences.append(Divergence("bytes", "total", f"total: {found_total} bytes, "
+                                          f"expected {total}", {"expected": total,
+                                                                "found": found_total}))
+        fail_on(divergences, "P7 bytes", case, directory)
