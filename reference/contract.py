@@ -19,7 +19,7 @@ import torch
 
 __all__ = [
     "CAPABILITIES", "VARIANTS", "FAMILIES", "DTYPES",
-    "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader",
+    "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader", "OffloadPlan",
     "LoadError", "ShapeMismatchError", "MissingWeightsError", "UnexpectedKeysError",
     "UnsafeCheckpointError", "CorruptCheckpointError", "UnsupportedDtypeError",
     "UnsupportedLayoutError", "NonFiniteInputError", "ERROR_FAMILIES",
@@ -281,6 +281,39 @@ class LoadOptions:
         return " ".join(parts + on)
 
 
+@dataclass(frozen=True)
+class OffloadPlan:
+    """What to offload (vLLM's prefetch offloader): layer i iff `i % group_size >=
+    group_size - offload_per_group`; of those layers, the parameters `param_filter` selects
+    (runs of whole dotted segments; empty: all); copied back `prefetch_step` layers ahead."""
+
+    group_size: int = 2
+    offload_per_group: int = 1
+    prefetch_step: int = 1
+    param_filter: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.offload_per_group <= self.group_size or self.prefetch_step < 0:
+            raise ValueError(f"invalid offload plan {self}")
+
+    def offloads_layer(self, layer: int) -> bool:
+        return layer % self.group_size >= self.group_size - self.offload_per_group
+
+    def selects(self, name: str) -> bool:
+        """Whether the filter matches `name` as a run of whole dotted segments."""
+        if not self.param_filter:
+            return True
+        segments = name.split(".")
+        return any(segments[i:i + len(wanted)] == wanted
+                   for wanted in (p.split(".") for p in self.param_filter)
+                   for i in range(len(segments) - len(wanted) + 1))
+
+    def summary(self) -> str:
+        only = f", only {'|'.join(self.param_filter)}" if self.param_filter else ""
+        return (f"offload {self.offload_per_group} of every {self.group_size} layers, "
+                f"prefetch {self.prefetch_step}{only}")
+
+
 @dataclass
 class LoadResult:
     """What a load produced, in canonical form.
@@ -380,8 +413,12 @@ class Loader(Protocol):
     `spec` / the checkpoint's config.json, loads with the library's own code, maps the
     library's exceptions onto the :class:`LoadError` family, and returns the canonical
     :class:`LoadResult`. Optional: `forward(result, input_ids) -> logits` when the
-    loader claims the `forward` capability, and `parameter_bytes(result) -> {canonical
-    name: bytes}` (the loader's own accounting, e.g. an offloader's) when it claims `bytes`.
+    loader claims the `forward` capability, `parameter_bytes(result) -> {canonical
+    name: bytes}` (the loader's own accounting, e.g. an offloader's) when it claims `bytes`,
+    and `offload(result, plan: OffloadPlan) -> handle` when it claims `offload`; the handle
+    has `placement() -> {canonical name: "host" | "device"}`, `state() -> {canonical name:
+    tensor as the model sees it now}`, `onload(layer)`, `release(layer)` and
+    `forward(input_ids) -> logits` (onloading each layer ahead of its use).
     """
 
     name: str
@@ -417,4 +454,6 @@ def check_loader(obj: Any) -> list[str]:
         problems.append("claims 'forward' but has no callable forward(result, input_ids)")
     if "bytes" in obj.capabilities and not callable(getattr(obj, "parameter_bytes", None)):
         problems.append("claims 'bytes' but has no callable parameter_bytes(result)")
+    if "offload" in obj.capabilities and not callable(getattr(obj, "offload", None)):
+        problems.append("claims 'offload' but has no callable offload(result, plan)")
     return problems

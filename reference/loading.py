@@ -17,10 +17,11 @@ import torch
 from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
 from .contract import (CAPABILITIES, VARIANTS, CorruptCheckpointError, LoadError, LoadOptions,
-                       LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError,
+                       LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError, torch_dtype)
 from .dtypes import PLAIN_FLOATS, can_cast
 from .model import TinyDecoderLM
+from .offload import PrefetchOffloader
 from .names import TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
 from .tp import RankSlice, check_tp, rank_slice
 
@@ -76,7 +77,7 @@ class ReferenceLoader:
 
     name = "reference"
     capabilities = frozenset(CAPABILITIES) - {"fp8_online", "fp8_serialized", "reload",
-                                              "offload", "cuda"} | (
+                                              "cuda"} | (
         {"cuda"} if torch.cuda.is_available() else set())
 
     def __init__(self, variants: Mapping[str, str] | None = None, fused_params: bool = True,
@@ -118,6 +119,10 @@ class ReferenceLoader:
 
     def parameter_bytes(self, result: LoadResult) -> dict[str, int]:
         return parameter_bytes(result.state)
+
+    def offload(self, result: LoadResult, plan: OffloadPlan) -> PrefetchOffloader:
+        device = next(iter(result.state.values())).device.type if result.state else "cpu"
+        return PrefetchOffloader(result.model, plan, device)
 
     # ----- the steps ---------------------------------------------------------------------
     def open(self, checkpoint: str) -> Checkpoint:

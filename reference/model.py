@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
+from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -213,11 +214,21 @@ class TinyDecoderLM(nn.Module):
         return {n: b for n, b in self.named_buffers() if n.startswith("model.")}
 
     # ----- forward (tp_size 1) -----------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of a llama-style decoder, computed in float32 from the loaded weights."""
+    def forward(self, input_ids: torch.Tensor,
+                before_layer: Callable[[int], None] | None = None,
+                after_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Logits of a llama-style decoder, computed in float32 from the loaded weights.
+        Weights are read layer by layer, when the layer runs (after `before_layer(i)`,
+        which an offloader uses to bring layer i's weights to the device)."""
         if self.tp_size != 1:
             raise NotImplementedError("the reference forward runs at tp_size=1 only")
-        spec, w = self.spec, {n: t.float() for n, t in self.canonical_views().items()}
+        spec = self.spec
+
+        def weights(prefix: str) -> dict[str, torch.Tensor]:
+            return {n: t.float() for n, t in self.canonical_views().items()
+                    if n.startswith(prefix)}
+
+        w = weights("model.embed_tokens.")
         hidden = F.embedding(input_ids, w["model.embed_tokens.weight"])
         seq = input_ids.shape[-1]
         positions = torch.arange(seq, device=hidden.device, dtype=torch.float32)
@@ -235,7 +246,10 @@ class TinyDecoderLM(nn.Module):
             return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
 
         for layer in range(spec.num_layers):
+            if before_layer is not None:
+                before_layer(layer)
             p = f"model.layers.{layer}"
+            w = weights(f"{p}.")
             x = rms_norm(hidden, w[f"{p}.input_layernorm.weight"])
             heads = [linear(x, f"{p}.self_attn.{m}").unflatten(-1, (-1, spec.head_dim))
                      .transpose(-2, -3) for m in ("q_proj", "k_proj", "v_proj")]
@@ -248,6 +262,7 @@ class TinyDecoderLM(nn.Module):
             x = rms_norm(hidden, w[f"{p}.post_attention_layernorm.weight"])
             gated = F.silu(linear(x, f"{p}.mlp.gate_proj")) * linear(x, f"{p}.mlp.up_proj")
             hidden = hidden + linear(gated, f"{p}.mlp.down_proj")
-        hidden = rms_norm(hidden, w["model.norm.weight"])
+            if after_layer is not None:
+                after_layer(layer)
+        hidden = rms_norm(hidden, self.model.norm.weight.float())
         return F.linear(hidden, self.lm_head.weight.float())  # the live head, tied or not
-
