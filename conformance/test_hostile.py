@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
+from generators.cases import LoadCase
 from generators.hostile import HOSTILE_CASES, Corruption, corruptions
 from generators.specs import model_specs
 from reference.contract import LoadOptions, ModelSpec
@@ -32,16 +33,7 @@ class _Hostile:
         return self.text
 
 
-@dataclass(frozen=True)
-class _HostileCase:
-    plan: _Hostile
-    options: LoadOptions
-
-    def summary(self) -> str:
-        return f"{self.plan.spec.summary()} | {self.plan.text} | {self.options.summary()}"
-
-
-def _check(case: _HostileCase, directory: Path, prop: str, must_refuse: str | None = None
+def _check(case: LoadCase, directory: Path, prop: str, must_refuse: str | None = None
            ) -> None:
     count_example()
     run = current()
@@ -66,12 +58,12 @@ def test_named_hostile_checkpoint_is_refused(name):
         directory.mkdir()
         hostile.write(directory)
         options = LoadOptions(device=run.device, check_finite=hostile.options.check_finite)
-        _check(_HostileCase(_Hostile(hostile.spec, hostile.summary()), options), directory,
+        _check(LoadCase(_Hostile(hostile.spec, hostile.summary()), options), directory,
                "P11 hostile checkpoint", must_refuse=hostile.family)
         if (directory / "UNPICKLED").exists():
             fail_on([Divergence("error", name, "the candidate unpickled a pickle posing as a "
                                 "checkpoint (it ran code from the file)", severity="critical")],
-                    "P11 hostile checkpoint", _HostileCase(_Hostile(hostile.spec,
+                    "P11 hostile checkpoint", LoadCase(_Hostile(hostile.spec,
                                                                     hostile.summary()), options))
 
 
@@ -85,5 +77,5 @@ def test_corrupted_bytes_are_refused_or_loaded_alike(data):
     corruption: Corruption = data.draw(corruptions(spec), label="corruption")
     with tempfile.TemporaryDirectory(prefix="loadcheck-corrupt-") as tmp:
         directory = corruption.write(Path(tmp) / "checkpoint")
-        case = _HostileCase(_Hostile(spec, corruption.summary()), LoadOptions(device=run.device))
+        case = LoadCase(_Hostile(spec, corruption.summary()), LoadOptions(device=run.device))
         _check(case, directory, "P11 corrupted bytes")
