@@ -1,4 +1,4 @@
-"""P7 (accelerate #4063): a dtype's size parsed from its name with a regex anchored at the
+r"""P7 (accelerate #4063): a dtype's size parsed from its name with a regex anchored at the
 end (`...(\d+)$`), which fails on float8_e4m3fnuz, float8_e8m0fnu, float8_e4m3fn and the
 FP4 pair type, whose names end in letters."""
 import re
