@@ -57,3 +57,15 @@ def test_repro_checkpoint_reproduces_the_failure(tmp_path):
                             record["repro_checkpoint"], "--loader", "reference"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert agree.returncode == 0 and agree.stdout.strip().endswith("agrees"), agree.stdout
+
+
+def test_corrupted_bytes_property_catches_a_lax_header_parser(tmp_path):
+    """The generated-corruption property (not only the named corpus) catches a parser that
+    trusts its header: a cut or patched file makes it crash or load garbage."""
+    run = run_suite("tests.mutants.p11_trusts_header_offsets",
+                    "conformance/test_hostile.py::test_corrupted_bytes_are_refused_or_loaded_alike",
+                    records=tmp_path)
+    assert run.returncode == 1, run.output[-2000:]
+    (record,) = [r for r in run.records_of("test_corrupted_bytes_are_refused_or_loaded_alike")
+                 if r["stage"] == "final"]
+    assert record["examples_before_failure"] <= MAX_EXAMPLES_TO_CATCH
