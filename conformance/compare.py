@@ -82,6 +82,10 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fmt(t: torch.Tensor, index: int) -> str:
+    if t.dtype.itemsize == 1 and t.dtype not in PLAIN_FLOATS and not t.dtype.is_floating_point \
+            and t.dtype not in (torch.bool, torch.int8, torch.uint8):
+        # sub-byte dtypes (uint4, int2, ...): no kernels, so show the stored byte
+        return f"0x{t.reshape(-1).view(torch.uint8)[index].item():02x}"
     value = t.reshape(-1)[index]
     if t.dtype in PLAIN_FLOATS:
         return f"{value.item():.6g}"

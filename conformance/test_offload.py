@@ -11,8 +11,9 @@ from hypothesis import given, strategies as st
 
 from generators.cases import LoadCase, load_cases
 from generators.checkpoints import checkpoint_plans
-from generators.specs import model_specs
+from generators.specs import any_dtype, extra_params, model_specs
 from reference.contract import OffloadPlan
+from reference.dtypes import clone_bytes
 from .compare import Divergence, compare_states
 from .harness import candidate_call, count_example, fail_on, load_both, written
 from .session import current
@@ -32,7 +33,10 @@ def _placement_divergences(want: dict, got: dict, when: str) -> list[Divergence]
 def test_offloaded_equals_resident_and_lives_on_the_host(data):
     run = current()
     count_example()
-    spec = data.draw(model_specs(max_layers=4), label="spec")
+    # Packed int32 weights, zero points, masks and FP8 tensors inside offloaded layers too.
+    spec = data.draw(model_specs(max_layers=4, extras="extras" in run.capabilities,
+                                 extras_in_layers=True, extra_strategy=extra_params(
+                                     min_count=1, max_count=4, dtypes=any_dtype)), label="spec")
     plan = data.draw(checkpoint_plans(spec, fused_choices=(spec.fused_on_disk_natively,),
                                       max_shards=2), label="checkpoint")
     options = data.draw(load_cases(run.capabilities, device=run.device), label="options").options
@@ -49,7 +53,7 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
         expected, found = load_both(case, directory)
         if expected.result is None or found.result is None:
             return  # loading itself is the loading properties' business
-        resident = {n: t.clone() for n, t in found.result.state.items()}
+        resident = {n: clone_bytes(t) for n, t in found.result.state.items()}
         resident_logits = run.candidate.forward(found.result, ids).float().cpu()
         reference = run.reference.offload(expected.result, offload)
         want = reference.placement()

@@ -81,15 +81,21 @@ def torch_dtype(name: str) -> torch.dtype:
 
 @dataclass(frozen=True)
 class ExtraParam:
-    """A parameter of any dtype at `model.extras.<name>` (packed weights, zero points, masks)."""
+    """A parameter of any dtype (packed weights, zero points, masks): at
+    `model.extras.<name>`, or inside decoder layer `layer` at
+    `model.layers.<layer>.extras.<name>` (where an offloader moves it with its layer).
+    Replicated under tensor parallelism."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    layer: int | None = None
 
     @property
     def canonical_name(self) -> str:
-        return f"model.extras.{self.name}"
+        if self.layer is None:
+            return f"model.extras.{self.name}"
+        return f"model.layers.{self.layer}.extras.{self.name}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,10 @@ class ModelSpec:
             problems.append("qwen2 has q/k/v biases and no MLP bias")
         if self.family == "phi3" and (self.attention_bias or self.mlp_bias):
             problems.append("phi3 has no biases")
+        for extra in self.extras:
+            if extra.layer is not None and not 0 <= extra.layer < self.num_layers:
+                problems.append(f"extra {extra.name} is in layer {extra.layer}, outside the "
+                                f"{self.num_layers} layers")
         if problems:
             raise ValueError("invalid ModelSpec: " + "; ".join(problems))
 
@@ -232,8 +242,8 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
         data = dict(data)
-        data["extras"] = tuple(ExtraParam(e["name"], e["dtype"], tuple(e["shape"]))
-                               for e in data.get("extras", ()))
+        data["extras"] = tuple(ExtraParam(e["name"], e["dtype"], tuple(e["shape"]),
+                                          e.get("layer")) for e in data.get("extras", ()))
         return cls(**data)
 
     def summary(self) -> str:
@@ -248,7 +258,9 @@ class ModelSpec:
         if self.meta_submodule:
             bits.append("meta resampler")
         if self.extras:
-            bits.append("extras=" + ",".join(f"{e.name}:{e.dtype}" for e in self.extras))
+            bits.append("extras=" + ",".join(
+                f"{e.name}:{e.dtype}" + (f"@L{e.layer}" if e.layer is not None else "")
+                for e in self.extras))
         return " ".join(bits)
 
     def to_json(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["SAFETENSORS_CODES", "DTYPE_OF_CODE", "PLAIN_FLOATS", "FP8_DTYPES",
-           "dtype_class", "can_cast", "poison_", "poison_mask"]
+           "dtype_class", "can_cast", "poison_", "poison_mask", "copy_bytes_", "clone_bytes"]
 
 # safetensors dtype code <-> torch dtype, for every dtype both sides know.
 SAFETENSORS_CODES: dict[torch.dtype, str] = {
@@ -65,3 +65,18 @@ def poison_mask(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.clone()
     flat = tensor.contiguous().reshape(-1).view(torch.uint8).reshape(tensor.numel(), -1)
     return (flat == 0xFF).all(dim=1).reshape(tensor.shape)
+
+
+def copy_bytes_(dest: torch.Tensor, source: torch.Tensor, non_blocking: bool = False
+                ) -> torch.Tensor:
+    """Copy contiguous `source` into contiguous `dest` (same dtype and shape) as bytes:
+    exact for every dtype, and the sub-byte dtypes have no copy kernel."""
+    dest.reshape(-1).view(torch.uint8).copy_(source.reshape(-1).view(torch.uint8),
+                                             non_blocking=non_blocking)
+    return dest
+
+
+def clone_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A byte-exact copy of `tensor` (contiguous), for any dtype."""
+    return copy_bytes_(torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device),
+                       tensor.contiguous())

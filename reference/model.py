@@ -84,7 +84,8 @@ class TinyDecoderLM(nn.Module):
         super().__init__()
         self.spec, self.fused, self.tp_size = spec, fused, tp_size
         self.shapes = rank_shapes(spec, tp_size, tp_rank)
-        self.dtypes = {n: spec.parameter_dtype(n, None) if n.startswith("model.extras.") else dtype
+        extra_names = {e.canonical_name for e in spec.extras}
+        self.dtypes = {n: spec.parameter_dtype(n, None) if n in extra_names else dtype
                        for n in self.shapes}
         self.fused_parts: dict[str, tuple[str, ...]] = {}  # fused param name -> canonical parts
 
@@ -103,8 +104,9 @@ class TinyDecoderLM(nn.Module):
             model.resampler.norm = _Weights(self._params(["model.resampler.norm.weight"], "meta"))
             model.resampler.register_buffer("position_scale", torch.empty(
                 spec.hidden_size, device="meta"), persistent=False)
-        if spec.extras:
-            model.extras = _Weights(self._params([e.canonical_name for e in spec.extras], device))
+        top_level = [e.canonical_name for e in spec.extras if e.layer is None]
+        if top_level:
+            model.extras = _Weights(self._params(top_level, device))
         self.model = model
         if spec.tie_word_embeddings:
             self.lm_head = nn.Module()
@@ -145,6 +147,9 @@ class TinyDecoderLM(nn.Module):
                 for part in parts:
                     setattr(parent, part.split(".")[1], _Weights(self._params(
                         [f"{prefix}.{part}.weight", f"{prefix}.{part}.bias"], device)))
+        in_layer = [e.canonical_name for e in self.spec.extras if e.layer == layer]
+        if in_layer:
+            block.extras = _Weights(self._params(in_layer, device))
         for part in ("self_attn.o_proj", "mlp.down_proj"):
             parent = getattr(block, part.split(".")[0])
             setattr(parent, part.split(".")[1], _Weights(self._params(
@@ -226,7 +231,7 @@ class TinyDecoderLM(nn.Module):
 
         def weights(prefix: str) -> dict[str, torch.Tensor]:
             return {n: t.float() for n, t in self.canonical_views().items()
-                    if n.startswith(prefix)}
+                    if n.startswith(prefix) and ".extras." not in n}  # extras feed nothing
 
         w = weights("model.embed_tokens.")
         hidden = F.embedding(input_ids, w["model.embed_tokens.weight"])

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .contract import OffloadPlan
+from .dtypes import copy_bytes_
 from .model import TinyDecoderLM
 
 __all__ = ["PrefetchOffloader"]
@@ -38,7 +39,7 @@ class PrefetchOffloader:
             match = _LAYER.match(name)
             if match and plan.offloads_layer(int(match.group(1))) and plan.selects(name):
                 host = torch.empty(param.shape, dtype=param.dtype, device="cpu", pin_memory=cuda)
-                host.copy_(param.data)
+                copy_bytes_(host, param.data)
                 self.host[name] = host
                 param.data = host
                 self.layers.setdefault(int(match.group(1)), []).append((name, param))
@@ -65,7 +66,7 @@ class PrefetchOffloader:
                 if buffer is None or buffer.shape != param.shape or buffer.dtype != param.dtype:
                     buffer = torch.empty(param.shape, dtype=param.dtype, device=self.device)
                     self.buffers[key] = buffer
-                buffer.copy_(self.host[name], non_blocking=self.stream is not None)
+                copy_bytes_(buffer, self.host[name], non_blocking=self.stream is not None)
                 param.data = buffer
         if self.stream is not None:
             event = torch.cuda.Event()
