@@ -22,9 +22,10 @@ FILTERS = ((), ("mlp",), ("self_attn",), ("mlp.down_proj",), ("input_layernorm",
            ("self_attn.qkv_proj", "mlp.gate_up_proj"))
 
 
-def _placement_divergences(want: dict, got: dict, when: str) -> list[Divergence]:
+def _placement_divergences(want: dict, got: dict, when: str, dtypes: dict) -> list[Divergence]:
     return [Divergence("placement", name, f"{name}: storage on the {got.get(name)} {when}, "
-                       f"expected the {where}", {"expected": where, "found": got.get(name)})
+                       f"expected the {where} ({dtypes.get(name)})",
+                       {"expected": where, "found": got.get(name), "dtype": dtypes.get(name)})
             for name, where in sorted(want.items()) if got.get(name) != where]
 
 
@@ -54,6 +55,7 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
         if expected.result is None or found.result is None:
             return  # loading itself is the loading properties' business
         resident = {n: clone_bytes(t) for n, t in found.result.state.items()}
+        dtypes = {n: str(t.dtype) for n, t in resident.items()}
         resident_logits = run.candidate.forward(found.result, ids).float().cpu()
         reference = run.reference.offload(expected.result, offload)
         want = reference.placement()
@@ -62,20 +64,20 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
             fail_on([Divergence("error", "offload", f"offload raised {handle.describe()}")],
                     "P9 offload", case, directory, title=title)
         offloaded = handle.result
-        divergences = _placement_divergences(want, offloaded.placement(), "between uses")
+        divergences = _placement_divergences(want, offloaded.placement(), "between uses", dtypes)
         for layer in range(spec.num_layers):
             reference.onload(layer)
             offloaded.onload(layer)
             divergences += _placement_divergences(
                 {n: w for n, w in reference.placement().items() if f"layers.{layer}." in n},
-                offloaded.placement(), f"while layer {layer} is onloaded")
+                offloaded.placement(), f"while layer {layer} is onloaded", dtypes)
             divergences += compare_states(
                 {n: t for n, t in resident.items() if f"layers.{layer}." in n},
                 {n: t for n, t in offloaded.state().items() if f"layers.{layer}." in n},
                 where=lambda n: f"onloaded from the host, layer {layer}")
             reference.release(layer)
             offloaded.release(layer)
-        divergences += _placement_divergences(want, offloaded.placement(), "after release")
+        divergences += _placement_divergences(want, offloaded.placement(), "after release", dtypes)
         logits = candidate_call(lambda: offloaded.forward(ids))
         if logits.error is not None:
             divergences.append(Divergence("error", "forward", f"offloaded forward raised "
@@ -85,5 +87,5 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
             divergences.append(Divergence("logits", "logits", f"offloaded logits differ from "
                                           f"resident ones (max abs diff {diff:.3g})",
                                           {"max_abs_diff": diff}))
-        divergences += _placement_divergences(want, offloaded.placement(), "after forward")
+        divergences += _placement_divergences(want, offloaded.placement(), "after forward", dtypes)
         fail_on(divergences[:20], "P9 offload", case, directory, title=title)

@@ -46,7 +46,8 @@ class PrefetchOffloader:
         # one buffer set per ring slot: a layer and the next prefetch_step share no buffers
         self.ring = max(1, plan.prefetch_step + 1)
         self.buffers: dict[tuple[int, str], torch.Tensor] = {}
-        self.ready: dict[int, torch.cuda.Event] = {}
+        self.ready: dict[int, torch.cuda.Event] = {}      # copies done (side stream)
+        self.released: dict[int, torch.cuda.Event] = {}   # slot free (compute stream done)
         self.onloaded: set[int] = set()
 
     # ----- per layer ---------------------------------------------------------------------
@@ -60,6 +61,8 @@ class PrefetchOffloader:
         slot = self._slot(layer)
         context = torch.cuda.stream(self.stream) if self.stream is not None else _nothing()
         with context:
+            if slot in self.released:  # the layer that last used these buffers has run
+                self.stream.wait_event(self.released.pop(slot))
             for name, param in self.layers[layer]:
                 key = (slot, name.split(".", 3)[-1])  # same role in another layer: same buffer
                 buffer = self.buffers.get(key)
@@ -80,9 +83,17 @@ class PrefetchOffloader:
             torch.cuda.current_stream(self.device).wait_event(event)
 
     def release(self, layer: int) -> None:
-        """Point a layer's parameters back at their host copies."""
-        for name, param in self.layers.get(layer, ()):
+        """Point a layer's parameters back at their host copies. On CUDA, the next copy into
+        this layer's buffers waits for the compute already queued on them."""
+        if layer not in self.layers:
+            return
+        self.wait(layer)
+        for name, param in self.layers[layer]:
             param.data = self.host[name]
+        if self.stream is not None:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.released[self._slot(layer)] = event
         self.onloaded.discard(layer)
 
     # ----- reports and use -----------------------------------------------------------------
@@ -99,7 +110,10 @@ class PrefetchOffloader:
         return out
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The canonical tensors as the model sees them now (host copies or buffers)."""
+        """The canonical tensors as the model sees them now (host copies or buffers),
+        once every pending copy has landed."""
+        for layer in list(self.ready):
+            self.wait(layer)
         return self.model.canonical_views()
 
     def forward(self, input_ids: torch.Tensor,
