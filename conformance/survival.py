@@ -161,7 +161,7 @@ def _write_result(result: LoadResult, out: Path) -> None:
 
 
 def _read_tensors(path: Path) -> dict:
-    with Checkpoint(path.parent, read_header(path), sharded=False) as reader:
+    with Checkpoint(path.parent, read_header(path)) as reader:
         return {key: reader.read(entry) for key, entry in reader.entries.items()}
 
 

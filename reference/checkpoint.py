@@ -135,10 +135,9 @@ def _check_shard_name(directory: Path, file_name: Any) -> None:
 class Checkpoint:
     """A validated checkpoint directory: every tensor's entry, and reads into tensors."""
 
-    def __init__(self, directory: Path, entries: dict[str, TensorEntry], sharded: bool):
+    def __init__(self, directory: Path, entries: dict[str, TensorEntry]):
         self.directory = directory
         self.entries = entries
-        self.sharded = sharded
         self._files: dict[str, Any] = {}
         self._mappings: dict[str, torch.UntypedStorage] = {}
 
@@ -224,7 +223,7 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         if not single.is_file():
             raise CorruptCheckpointError(f"{directory} has neither {SINGLE_FILE} nor "
                                          f"{INDEX_FILE}", subject=str(directory))
-        return Checkpoint(directory, read_header(single), sharded=False)
+        return Checkpoint(directory, read_header(single))
 
     index = _load_json(index_path, "index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -257,7 +256,7 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
             f"{INDEX_FILE} assigns {absent[0]!r} to {weight_map[absent[0]]}, which has no such "
             f"tensor" + (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""),
             subject=absent[0])
-    return Checkpoint(directory, entries, sharded=True)
+    return Checkpoint(directory, entries)
 
 
 # ----- writing (generators and benchmarks) ----------------------------------------------

@@ -41,7 +41,7 @@ class TrustsOffsets(Mutant):
         single = directory / "model.safetensors"
         if (directory / "model.safetensors.index.json").exists() or not single.exists():
             return super().open(checkpoint)
-        return Checkpoint(directory, _lax_header(single), sharded=False)
+        return Checkpoint(directory, _lax_header(single))
 
 
 loader = TrustsOffsets(__name__)
