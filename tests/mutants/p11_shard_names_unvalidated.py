@@ -26,5 +26,4 @@ class FollowsShardNames(Mutant):
         return Checkpoint(directory, entries)  # entries keep the names they were found by
 
 
-
 loader = FollowsShardNames(__name__)
