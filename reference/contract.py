@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 import torch
 
 __all__ = [
-    "CAPABILITIES", "VARIANTS", "FAMILIES", "DTYPES",
+    "CAPABILITIES", "VARIANTS", "FAMILIES", "DTYPES", "FP8_CHECKPOINT_FORMATS",
+    "LINEAR_PROJECTIONS", "fp8_quantization_config",
     "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader", "OffloadPlan",
     "LoadError", "ShapeMismatchError", "MissingWeightsError", "UnexpectedKeysError",
     "UnsafeCheckpointError", "CorruptCheckpointError", "UnsupportedDtypeError",
@@ -47,10 +48,15 @@ CAPABILITIES: Mapping[str, str] = {
     "forward": "computes logits of the tiny decoder",
     "finite_check": "with check_finite on, refuses NaN / Inf in float tensors, naming the key",
     "bytes": "reports each parameter's bytes: parameter_bytes(result) -> {canonical name: int}",
-    # Later issues: FP8, reload, offload, CUDA.
-    "fp8_online": "online per-tensor FP8 quantization after loading",
-    "fp8_serialized": "serialized per-tensor FP8 checkpoints",
-    "reload": "reloads weights into a live (quantized) model",
+    "fp8_online": "online per-tensor dynamic FP8: load(..., LoadOptions(quantize='fp8')) "
+                  "returns FP8 codes and a weight_scale per quantized linear",
+    "fp8_quantize": "quantize(result) -> LoadResult quantizes an already loaded model "
+                    "(load-then-quantize), under the same FP8 variants",
+    "fp8_serialized": "serialized per-tensor FP8 checkpoints (FP8 weights, a scalar "
+                      "weight_scale per checkpoint tensor, optional input_scale), split or "
+                      "fused on disk, with the quantization_config real loaders read",
+    "reload": "reload(result, checkpoint, spec, options) -> LoadResult: loads a checkpoint of "
+              "all or some layers into the live (possibly quantized) model, in place",
     "offload": "offloads parameters to the host with prefetch",
     "cuda": "loads onto a CUDA device",
 }
@@ -65,9 +71,31 @@ VARIANTS: Mapping[str, tuple[str, ...]] = {
     # Unexpected keys without strict: reported (transformers), or always an error
     # (vLLM's load_weights looks every name up in params_dict).
     "unexpected_keys": ("report", "raise"),
+    # ----- FP8 (semantics section 4; reference/fp8.py implements every value) ------------
+    # The online quantization unit: the fused q/k/v and gate/up parameter as one tensor
+    # (vLLM), each checkpoint tensor (HF, torchao: a module of the checkpoint's layout), or
+    # each output row (per channel).
+    "fp8_unit": ("fused", "tensor", "row"),
+    # codes = W / s (the formula), or W * (1 / s) (vLLM's kernels and native path).
+    "fp8_scale_op": ("divide", "reciprocal"),
+    # The lower bound of an online scale: s >= 1 / (448 * 512) (vLLM's native path),
+    # amax >= 1e-12 (torchao), or none (vLLM's CUDA kernel: a zero tensor gives s = 0).
+    "fp8_scale_floor": ("m512", "eps", "none"),
+    # Serialized per-tensor scales of a fused parameter: requantized to one max scale
+    # (vLLM), or kept one per slot (loaders that keep separate modules).
+    "fp8_fused_scales": ("max_requant", "per_slot"),
+    # The precision of the dequantization before that requantization (vLLM: float16).
+    "fp8_dequant": ("float32", "float16"),
+    # FP8 codes computed on CUDA against the CPU reference: equal, or within one code step.
+    "fp8_cuda_codes": ("exact", "one_step"),
 }
 
 FAMILIES = ("llama", "qwen2", "phi3")
+FP8_CHECKPOINT_FORMATS = (None, "compressed-tensors", "fp8")
+# The linear projections of a decoder layer: what FP8 quantizes (never embeddings, norms,
+# the head, biases or extras).
+LINEAR_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -77,6 +105,22 @@ def torch_dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise UnsupportedDtypeError(f"{name!r} is not a torch dtype", subject=name)
     return dtype
+
+
+def fp8_quantization_config(form: str, input_scale: bool) -> dict[str, Any]:
+    """The `quantization_config` of a serialized per-tensor FP8 checkpoint, as real loaders
+    read it: compressed-tensors' float-quantized tensor strategy, or vLLM's `fp8` method
+    (activation_scheme static iff the checkpoint holds input scales)."""
+    if form == "fp8":
+        return {"quant_method": "fp8", "activation_scheme": "static" if input_scale else "dynamic",
+                "ignored_layers": ["lm_head"]}
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor",
+           "dynamic": False, "group_size": None, "block_structure": None, "observer": "minmax"}
+    return {"quant_method": "compressed-tensors", "format": "float-quantized",
+            "quantization_status": "compressed", "ignore": ["lm_head"],
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": fp8,
+                                          "input_activations": dict(fp8) if input_scale else None,
+                                          "output_activations": None}}}
 
 
 @dataclass(frozen=True)
@@ -122,9 +166,18 @@ class ModelSpec:
     rope_theta: float = 10000.0
     meta_submodule: bool = False
     extras: tuple[ExtraParam, ...] = ()
+    # A serialized per-tensor FP8 checkpoint, in the config.json form real loaders read:
+    # "compressed-tensors" (float-quantized, strategy tensor) or "fp8" (vLLM's Fp8Config).
+    fp8_checkpoint: str | None = None
+    fp8_input_scale: bool = False  # static activation scales (input_scale) in the checkpoint
 
     def __post_init__(self) -> None:
         problems = []
+        if self.fp8_checkpoint not in FP8_CHECKPOINT_FORMATS:
+            problems.append(f"fp8_checkpoint {self.fp8_checkpoint!r} is not one of "
+                            f"{FP8_CHECKPOINT_FORMATS}")
+        if self.fp8_input_scale and not self.fp8_checkpoint:
+            problems.append("fp8_input_scale needs an fp8_checkpoint")
         if self.family not in FAMILIES:
             problems.append(f"family {self.family!r} is not one of {FAMILIES}")
         if self.dtype not in DTYPES:
@@ -183,6 +236,10 @@ class ModelSpec:
                 shapes[f"{p}.{module}.weight"] = (out_features, in_features)
                 if self.has_bias(module.split(".")[1]):
                     shapes[f"{p}.{module}.bias"] = (out_features,)
+                if self.fp8_checkpoint:  # scalar scales, one per logical matrix
+                    shapes[f"{p}.{module}.weight_scale"] = ()
+                    if self.fp8_input_scale:
+                        shapes[f"{p}.{module}.input_scale"] = ()
             shapes[f"{p}.post_attention_layernorm.weight"] = (h,)
         shapes["model.norm.weight"] = (h,)
         if self.meta_submodule:
@@ -198,10 +255,20 @@ class ModelSpec:
     def parameter_dtype(self, name: str, override: str | None = None) -> torch.dtype:
         """The dtype a canonical parameter has after loading (`override` replaces the
         spec's float dtype, never an extra's own dtype)."""
+        if self.fp8_checkpoint and name.endswith("_scale"):
+            return torch.float32
+        if self.fp8_checkpoint and name in self.quantized_weights():
+            return torch.float8_e4m3fn
         for extra in self.extras:
             if extra.canonical_name == name:
                 return torch_dtype(extra.dtype)
         return torch_dtype(override or self.dtype)
+
+    def quantized_weights(self) -> tuple[str, ...]:
+        """The canonical weights FP8 quantization applies to: every linear projection of
+        every decoder layer (serialized in an FP8 checkpoint, or quantized online)."""
+        return tuple(f"model.layers.{layer}.{module}.weight"
+                     for layer in range(self.num_layers) for module in LINEAR_PROJECTIONS)
 
     def buffer_names(self) -> tuple[str, ...]:
         """Non-persistent buffers the constructor computes (never in a checkpoint)."""
@@ -230,6 +297,9 @@ class ModelSpec:
             config.update(pad_token_id=None, original_max_position_embeddings=64,
                           sliding_window=None, resid_pdrop=0.0, embd_pdrop=0.0,
                           attention_dropout=0.0)
+        if self.fp8_checkpoint:
+            config["quantization_config"] = fp8_quantization_config(
+                self.fp8_checkpoint, self.fp8_input_scale)
         # Our own keys, ignored by real loaders; they make the directory self-describing.
         config["loadcheck"] = {"spec": self.to_dict()}
         return config
@@ -257,6 +327,9 @@ class ModelSpec:
         bits.append("tied" if self.tie_word_embeddings else "untied")
         if self.meta_submodule:
             bits.append("meta resampler")
+        if self.fp8_checkpoint:
+            bits.append(f"fp8 checkpoint ({self.fp8_checkpoint}"
+                        + (", input scales)" if self.fp8_input_scale else ")"))
         if self.extras:
             bits.append("extras=" + ",".join(
                 f"{e.name}:{e.dtype}" + (f"@L{e.layer}" if e.layer is not None else "")
@@ -280,8 +353,11 @@ class LoadOptions:
     meta_init: bool = False
     poison: bool = False
     check_finite: bool = False
+    quantize: str | None = None  # "fp8": online per-tensor FP8 after loading
 
     def __post_init__(self) -> None:
+        if self.quantize not in (None, "fp8"):
+            raise ValueError(f"quantize={self.quantize!r}: only None or 'fp8'")
         if not 0 <= self.tp_rank < self.tp_size:
             raise ValueError(f"tp_rank={self.tp_rank} is outside tp_size={self.tp_size}")
 
@@ -290,6 +366,7 @@ class LoadOptions:
               if getattr(self, k)]
         parts = [self.device] + ([f"dtype={self.dtype}"] if self.dtype else [])
         parts += [f"tp={self.tp_rank}/{self.tp_size}"] if self.tp_size > 1 else []
+        parts += [f"quantize={self.quantize}"] if self.quantize else []
         return " ".join(parts + on)
 
 
@@ -431,6 +508,15 @@ class Loader(Protocol):
     has `placement() -> {canonical name: "host" | "device"}`, `state() -> {canonical name:
     tensor as the model sees it now}`, `onload(layer)`, `release(layer)` and
     `forward(input_ids) -> logits` (onloading each layer ahead of its use).
+
+    FP8 (reference/fp8.py defines the meaning): a quantized linear appears in `state` as
+    its FP8 codes under `<linear>.weight` and its effective float32 scale under
+    `<linear>.weight_scale` (shape `()` per tensor, `(rows,)` per row; the scale that
+    dequantizes *that* logical matrix, whatever a fused loader stores), plus
+    `<linear>.input_scale` when the checkpoint has static activation scales. With
+    `fp8_quantize`: `quantize(result) -> LoadResult`. With `reload`: `reload(result,
+    checkpoint, spec, options) -> LoadResult` loads the tensors of `checkpoint` (all layers
+    or some) into `result.model` in place, re-running the same post-processing.
     """
 
     name: str
@@ -468,4 +554,9 @@ def check_loader(obj: Any) -> list[str]:
         problems.append("claims 'bytes' but has no callable parameter_bytes(result)")
     if "offload" in obj.capabilities and not callable(getattr(obj, "offload", None)):
         problems.append("claims 'offload' but has no callable offload(result, plan)")
+    if "fp8_quantize" in obj.capabilities and not callable(getattr(obj, "quantize", None)):
+        problems.append("claims 'fp8_quantize' but has no callable quantize(result)")
+    if "reload" in obj.capabilities and not callable(getattr(obj, "reload", None)):
+        problems.append("claims 'reload' but has no callable reload(result, checkpoint, spec, "
+                        "options)")
     return problems
