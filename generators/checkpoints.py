@@ -53,11 +53,37 @@ class CheckpointPlan:
     doubled: tuple[str, ...] = ()        # split keys also written inside a fused key
     stray_file: bool = False             # an unindexed full checkpoint with other values
     head_in_tied: bool = False           # lm_head.weight written although tied
+    # FP8 (spec.fp8_checkpoint: serialized; otherwise the float weights online FP8 sees)
+    fp8_scales: tuple[tuple[str, float], ...] = ()   # canonical scale name -> value
+    scale_as_vector: bool = False        # scalar scales written with shape [1], not ()
+    weight_gain: float = 1.0             # float linear weights multiplied by this
+    zero_weights: tuple[str, ...] = ()   # canonical linear weights written all zero
+    non_finite: tuple[tuple[str, float], ...] = ()  # (canonical name, value at index 0)
 
     # ----- the tensors ----------------------------------------------------------------
     def canonical(self) -> dict[str, torch.Tensor]:
         """The values the reference will hold, in the disk dtype, per canonical name."""
-        return canonical_tensors(self.spec, self.data_seed, torch_dtype(self.disk_dtype))
+        values = canonical_tensors(self.spec, self.data_seed, torch_dtype(self.disk_dtype))
+        quantized = self.spec.quantized_weights()
+        if self.spec.fp8_checkpoint:
+            for name in quantized:  # every finite code; NaN codes only as a defect
+                codes = values[name]
+                values[name] = torch.where(codes.float().isnan(), codes.float().new_tensor(
+                    448.0), codes.float()).to(codes.dtype)
+            scales = dict(self.fp8_scales)
+            for name in values:
+                if name.endswith("_scale"):
+                    values[name] = torch.tensor(scales.get(name, 1.0), dtype=torch.float32)
+        elif self.weight_gain != 1.0:
+            for name in quantized:
+                values[name] = (values[name].float() * self.weight_gain).to(values[name].dtype)
+        for name in self.zero_weights:
+            values[name] = torch.zeros_like(values[name])
+        for name, value in self.non_finite:
+            bad = values[name].float().reshape(-1)
+            bad[0] = value
+            values[name] = bad.reshape(values[name].shape).to(values[name].dtype)
+        return values
 
     def items(self) -> list[tuple[str, torch.Tensor]]:
         """(key, tensor) in the order they are written."""
@@ -72,6 +98,9 @@ class CheckpointPlan:
             tensors[key] = torch.cat([t, t[:1]]) if t.dim() else t.reshape(1)
         for key in self.float_into_int:
             tensors[key] = tensors[key].float()
+        if self.scale_as_vector:
+            for key in [k for k in tensors if k.endswith("_scale")]:
+                tensors[key] = tensors[key].reshape(1)
         other = to_checkpoint_tensors(self.spec, self.canonical(), not self.fused)
         for key in self.doubled:
             tensors[key] = other[key]
@@ -111,6 +140,16 @@ class CheckpointPlan:
             parts.append(f"stray {STRAY_FILE}")
         if self.head_in_tied and self.spec.tie_word_embeddings:
             parts.append("lm_head.weight in a tied checkpoint")
+        if self.fp8_scales:
+            values = sorted({v for _, v in self.fp8_scales})
+            parts.append(f"{len(self.fp8_scales)} FP8 scales in [{values[0]:.3g}, "
+                         f"{values[-1]:.3g}]" + (" as [1]" if self.scale_as_vector else ""))
+        if self.weight_gain != 1.0:
+            parts.append(f"linear weights x{self.weight_gain:g}")
+        if self.zero_weights:
+            parts.append(f"all zero: {', '.join(self.zero_weights)}")
+        if self.non_finite:
+            parts.append("non-finite: " + ", ".join(f"{n}[0]={v}" for n, v in self.non_finite))
         return "; ".join(parts)
 
 

@@ -9,20 +9,22 @@ straight into its destination (the rank's slice of the logical matrix).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import torch
 
 from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
-from .contract import (CAPABILITIES, VARIANTS, CorruptCheckpointError, LoadError, LoadOptions,
+from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, CorruptCheckpointError, LoadError, LoadOptions,
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
-                       ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError, torch_dtype)
-from .dtypes import PLAIN_FLOATS, can_cast
+                       ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
+                       UnsupportedLayoutError, torch_dtype)
+from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast
+from .fp8 import Fp8Rules, input_scale_name, quantize_groups, requantize_to_max, scale_name
 from .model import TinyDecoderLM
 from .offload import PrefetchOffloader
-from .names import TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
+from .names import FUSED_PROJECTIONS, TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
 from .tp import RankSlice, check_tp, rank_slice
 
 __all__ = ["ReferenceLoader", "LoadPlan", "Copy", "DEFAULT_VARIANTS"]
@@ -71,18 +73,20 @@ class ReferenceLoader:
 
     A load is a fixed sequence of small steps (`open`, `entries`, `key_table`, `map_key`,
     `plan`, `accepts_dtype`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
-    `map_slot`, `copy_slot`, `check_finite`, `finish`), each a method so that a loader under test (or a mutant in
-    tests/mutants/) can differ in exactly one of them.
+    `map_slot`, `copy_slot`, `check_finite`, `requantize_serialized`, `quantize_online`,
+    `finish`), each a method so that a loader under test (or a mutant in tests/mutants/)
+    can differ in exactly one of them. FP8 follows reference/fp8.py under the declared
+    `fp8_*` variants.
     """
 
     name = "reference"
-    capabilities = frozenset(CAPABILITIES) - {"fp8_online", "fp8_serialized", "reload",
-                                              "cuda"} | (
+    capabilities = frozenset(CAPABILITIES) - {"cuda"} | (
         {"cuda"} if torch.cuda.is_available() else set())
 
     def __init__(self, variants: Mapping[str, str] | None = None, fused_params: bool = True,
                  map_weights: bool = True):
         self.variants = {**DEFAULT_VARIANTS, **(variants or {})}
+        self.fp8_rules = Fp8Rules.from_variants(self.variants)
         self.fused_params = fused_params
         self.map_weights = map_weights
 
@@ -93,6 +97,10 @@ class ReferenceLoader:
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
         check_tp(spec, options.tp_size)
+        if options.quantize and spec.fp8_checkpoint:
+            raise UnsupportedLayoutError(
+                f"online {options.quantize} quantization of a checkpoint that is already "
+                f"FP8 ({spec.fp8_checkpoint})", subject=CONFIG_FILE)
         with self.open(checkpoint) as ckpt:
             plan = self.plan(spec, self.entries(ckpt), options)
             plan.raise_first()
@@ -105,7 +113,14 @@ class ReferenceLoader:
                     self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
             if options.check_finite:
                 self.check_finite(plan, model.canonical_views())
+        if spec.fp8_checkpoint:
+            self.requantize_serialized(model.canonical_views(), spec, plan.loaded)
+        if options.quantize == "fp8":
+            model.install_fp8(self.quantize_online(model.canonical_views(), spec, plan.loaded))
         self.finish(model, options)
+        return self._result(model, spec, plan)
+
+    def _result(self, model: TinyDecoderLM, spec: ModelSpec, plan: LoadPlan) -> LoadResult:
         return LoadResult(
             state=model.canonical_views(), buffers=model.named_canonical_buffers(),
             loaded=frozenset(plan.loaded), missing=frozenset(plan.missing),
@@ -113,6 +128,52 @@ class ReferenceLoader:
             aliases={"lm_head.weight": "model.embed_tokens.weight"}
             if spec.tie_word_embeddings else {},
             model=model)
+
+    def quantize(self, result: LoadResult) -> LoadResult:
+        """Load-then-quantize: online FP8 of a model loaded without it (every group whose
+        weights were all loaded)."""
+        model = result.model
+        if any(t.dtype in FP8_DTYPES for n, t in result.state.items()
+               if n in model.spec.quantized_weights()):
+            raise UnsupportedLayoutError("the model is already quantized: quantizing FP8 "
+                                         "codes again would treat them as weights",
+                                         subject="quantize")
+        model.install_fp8(self.quantize_online(model.canonical_views(), model.spec,
+                                               set(result.loaded)))
+        return LoadResult(state=model.canonical_views(), buffers=result.buffers,
+                          loaded=result.loaded, missing=result.missing,
+                          unexpected=result.unexpected, ignored=result.ignored,
+                          aliases=result.aliases, model=model)
+
+    def reload(self, result: LoadResult, checkpoint: str, spec: ModelSpec,
+               options: LoadOptions) -> LoadResult:
+        """Load `checkpoint` (every layer or some) into the live model of `result`, in
+        place: the tensors it covers, with the same post-processing as a first load, are
+        copied into the storages the model already has (they never move). Whatever the
+        checkpoint does not cover keeps its value; a quantization group is re-quantized
+        only when all of its weights arrive. The new weights are loaded and checked in full
+        before anything live changes, so a bad checkpoint leaves the model as it was."""
+        live = result.model
+        if live is None or live.spec != spec:
+            raise UnsupportedLayoutError("reload needs the live model of a load of the same "
+                                         "spec", subject="reload")
+        staged = self.load(checkpoint, spec, replace(options, track=False, poison=False,
+                                                     meta_init=False))
+        covered = set(staged.loaded)
+        for name in list(covered):
+            if name + "_scale" in staged.state and live.dtypes.get(name) in FP8_DTYPES:
+                covered.add(name + "_scale")
+        views = live.canonical_views()
+        for name in sorted(covered):
+            if staged.state[name].dtype in FP8_DTYPES and name + "_scale" not in staged.state:
+                continue  # a group not wholly reloaded stays as it was (never re-quantized)
+            if views[name].dtype != staged.state[name].dtype:
+                continue
+            views[name].copy_(staged.state[name].to(views[name].device))
+        return LoadResult(state=live.canonical_views(), buffers=live.named_canonical_buffers(),
+                          loaded=staged.loaded, missing=staged.missing,
+                          unexpected=staged.unexpected, ignored=staged.ignored,
+                          aliases=result.aliases, model=live)
 
     def forward(self, result: LoadResult, input_ids: torch.Tensor) -> torch.Tensor:
         return result.model(input_ids)
@@ -163,7 +224,7 @@ class ReferenceLoader:
                 else:
                     plan.unexpected.add(key)
                 continue
-            if entry.shape != target.shape:
+            if entry.shape != target.shape and not (target.shape == () and entry.shape == (1,)):
                 plan.problems.append(ShapeMismatchError(
                     f"{key}: expected shape {list(target.shape)}, checkpoint has "
                     f"{list(entry.shape)}", subject=key))
@@ -223,7 +284,7 @@ class ReferenceLoader:
         """The slot's bytes as a copy-on-write file mapping, when nothing needs converting
         (same dtype, no column slice) and no allocation is to be poisoned; else None."""
         piece, rows = self._rows(copy, spec, options)
-        if not self.map_weights or options.poison or options.device != "cpu" \
+        if not self.map_weights or options.poison or options.device != "cpu" or not dest.dim() \
                 or copy.entry.dtype != dest.dtype or (piece is not None and piece.dim != 0):
             return None
         return ckpt.map(copy.entry, rows)
@@ -232,6 +293,9 @@ class ReferenceLoader:
                   options: LoadOptions) -> None:
         """Read one slot of one checkpoint tensor, narrowed to this rank, into `dest`."""
         entry = copy.entry
+        if not dest.dim():  # a scalar scale, stored as () or [1]
+            dest.copy_(ckpt.read(entry).reshape(()))
+            return
         piece, rows = self._rows(copy, spec, options)
         if (piece is None or piece.dim == 0) and entry.dtype == dest.dtype \
                 and dest.is_contiguous():
@@ -247,14 +311,45 @@ class ReferenceLoader:
         otherwise): refuse it, naming the checkpoint key and the first bad index."""
         for copy in sorted(plan.copies, key=lambda c: c.entry.key):
             tensor = state[copy.slot.canonical]
-            if tensor.dtype.is_floating_point and tensor.dtype in PLAIN_FLOATS:
-                bad = ~torch.isfinite(tensor)
+            if tensor.dtype in PLAIN_FLOATS or tensor.dtype in FP8_DTYPES:
+                bad = ~torch.isfinite(tensor.float())  # FP8: the NaN codes 0x7f, 0xff
                 if bool(bad.any()):
                     index = [int(i) for i in bad.nonzero()[0]]
                     raise NonFiniteInputError(
                         f"{copy.entry.key} ({copy.entry.file}): {int(bad.sum())} non-finite "
                         f"values, first at {index} of {copy.slot.canonical}",
                         subject=copy.entry.key)
+
+    def requantize_serialized(self, views: Mapping[str, torch.Tensor], spec: ModelSpec,
+                              loaded: set[str]) -> None:
+        """Post-processing of a serialized FP8 checkpoint under `fp8_fused_scales`
+        max_requant: each fused q/k/v and gate/up group is requantized to the max of its
+        scale slots, and its input scales replaced by their max (vLLM). Every slot was
+        written by the checkpoint (a fused-on-disk scale fills them all)."""
+        if self.fp8_rules.fused_scales != "max_requant":
+            return
+        for layer in range(spec.num_layers):
+            for parts in FUSED_PROJECTIONS.values():
+                group = tuple(f"model.layers.{layer}.{p}.weight" for p in parts)
+                if not all(n in loaded and scale_name(n) in loaded for n in group):
+                    continue
+                new = requantize_to_max(views, {n: views[scale_name(n)] for n in group},
+                                        group, self.fp8_rules)
+                for name, (codes, scale) in new.items():
+                    views[name].copy_(codes)
+                    views[scale_name(name)].copy_(scale)
+                inputs = [input_scale_name(n) for n in group]
+                if all(n in loaded for n in inputs):
+                    top = torch.stack([views[n] for n in inputs]).max()
+                    for name in inputs:
+                        views[name].copy_(top)
+
+    def quantize_online(self, views: Mapping[str, torch.Tensor], spec: ModelSpec,
+                        loaded: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Online FP8 codes and scales per canonical weight, for every quantization group
+        whose weights were all loaded (a missing weight's value is unspecified)."""
+        weights = {n: views[n] for n in spec.quantized_weights()}
+        return quantize_groups(weights, spec, self.fp8_rules, only=loaded)
 
     def finish(self, model: TinyDecoderLM, options: LoadOptions) -> None:
         """The device move after loading: device only, never dtype."""

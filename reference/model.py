@@ -18,10 +18,14 @@ from torch import nn
 
 from .contract import ModelSpec
 from .dtypes import poison_
+from .fp8 import dequantize
 from .names import FUSED_PROJECTIONS
 from .tp import rank_shapes
 
 __all__ = ["TinyDecoderLM", "rotary_inv_freq", "resampler_position_scale"]
+
+# The tensors of a linear module: its weight, bias, and (FP8) weight and input scales.
+_SUFFIXES = ("weight", "bias", "weight_scale", "input_scale")
 
 
 def rotary_inv_freq(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -84,8 +88,11 @@ class TinyDecoderLM(nn.Module):
         super().__init__()
         self.spec, self.fused, self.tp_size = spec, fused, tp_size
         self.shapes = rank_shapes(spec, tp_size, tp_rank)
-        extra_names = {e.canonical_name for e in spec.extras}
-        self.dtypes = {n: spec.parameter_dtype(n, None) if n in extra_names else dtype
+        # extras, serialized FP8 weights and every scale keep their own dtype
+        own_dtype = {e.canonical_name for e in spec.extras} | (
+            set(spec.quantized_weights()) if spec.fp8_checkpoint else set())
+        self.dtypes = {n: spec.parameter_dtype(n, None)
+                       if n in own_dtype or n.endswith("_scale") else dtype
                        for n in self.shapes}
         self.fused_parts: dict[str, tuple[str, ...]] = {}  # fused param name -> canonical parts
 
@@ -134,11 +141,11 @@ class TinyDecoderLM(nn.Module):
             parent = getattr(block, fused_name.split(".")[0])
             if self.fused:
                 params = {}
-                for suffix in ("weight", "bias"):
+                for suffix in ("weight", "bias", "weight_scale", "input_scale"):
                     names = [f"{prefix}.{p}.{suffix}" for p in parts if
                              f"{prefix}.{p}.{suffix}" in self.shapes]
                     if names:
-                        rows = sum(self.shapes[n][0] for n in names)
+                        rows = sum(self._rows(n) for n in names)
                         params[suffix] = _param((rows,) + self.shapes[names[0]][1:],
                                                 self.dtypes[names[0]], device)
                         self.fused_parts[f"{prefix}.{fused_name}.{suffix}"] = tuple(names)
@@ -146,15 +153,20 @@ class TinyDecoderLM(nn.Module):
             else:
                 for part in parts:
                     setattr(parent, part.split(".")[1], _Weights(self._params(
-                        [f"{prefix}.{part}.weight", f"{prefix}.{part}.bias"], device)))
+                        [f"{prefix}.{part}.{suffix}" for suffix in _SUFFIXES], device)))
         in_layer = [e.canonical_name for e in self.spec.extras if e.layer == layer]
         if in_layer:
             block.extras = _Weights(self._params(in_layer, device))
         for part in ("self_attn.o_proj", "mlp.down_proj"):
             parent = getattr(block, part.split(".")[0])
             setattr(parent, part.split(".")[1], _Weights(self._params(
-                [f"{prefix}.{part}.weight", f"{prefix}.{part}.bias"], device)))
+                [f"{prefix}.{part}.{suffix}" for suffix in _SUFFIXES], device)))
         return block
+
+    def _rows(self, name: str) -> int:
+        """Rows a canonical tensor takes in a fused parameter (a scalar scale takes one)."""
+        shape = self.shapes[name]
+        return shape[0] if shape else 1
 
     # ----- materialisation -------------------------------------------------------------
     def reset_buffers(self) -> None:
@@ -199,8 +211,8 @@ class TinyDecoderLM(nn.Module):
                 continue
             row = 0
             for part in parts:
-                rows = self.shapes[part][0]
-                views[part] = param.data[row:row + rows]
+                rows = self._rows(part)
+                views[part] = param.data[row:row + rows] if self.shapes[part] else param.data[row]
                 row += rows
         return {n: views[n] for n in self.shapes if n in views}
 
@@ -214,6 +226,34 @@ class TinyDecoderLM(nn.Module):
             return False
         param.data = tensor
         return True
+
+    def install_fp8(self, quantized: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Hold FP8 codes and scales for the canonical weights in `quantized` (name ->
+        (codes, effective scale)). The first time, each in-memory weight (fused or not)
+        becomes an FP8 parameter with a `weight_scale` beside it (one slot per part, or one
+        per row); after that, new values are copied into the same storages, which must never
+        move (CUDA graphs hold their addresses)."""
+        for param_name, param in list(self.named_parameters()):
+            parts = self.fused_parts.get(param_name, (param_name,))
+            if not param_name.endswith(".weight") or parts[0] not in quantized:
+                continue
+            codes = torch.cat([quantized[p][0] for p in parts])
+            scales = [quantized[p][1] for p in parts]
+            scale = torch.cat(scales) if scales[0].dim() else (
+                torch.stack(scales) if len(parts) > 1 else scales[0])
+            module = self.get_submodule(param_name.rsplit(".", 1)[0])
+            if param.dtype == codes.dtype and hasattr(module, "weight_scale"):
+                param.data.copy_(codes.to(param.device))
+                module.weight_scale.data.copy_(scale.to(param.device))
+                continue
+            module.weight = nn.Parameter(codes.to(param.device), requires_grad=False)
+            module.weight_scale = nn.Parameter(scale.to(param.device), requires_grad=False)
+            for part in parts:
+                self.shapes[part + "_scale"] = tuple(quantized[part][1].shape)
+                self.dtypes[part + "_scale"] = torch.float32
+                self.dtypes[part] = codes.dtype
+            if len(parts) > 1:
+                self.fused_parts[param_name + "_scale"] = tuple(p + "_scale" for p in parts)
 
     def named_canonical_buffers(self) -> dict[str, torch.Tensor]:
         return {n: b for n, b in self.named_buffers() if n.startswith("model.")}
@@ -230,7 +270,9 @@ class TinyDecoderLM(nn.Module):
         spec = self.spec
 
         def weights(prefix: str) -> dict[str, torch.Tensor]:
-            return {n: t.float() for n, t in self.canonical_views().items()
+            views = self.canonical_views()
+            return {n: dequantize(t, views[n + "_scale"]) if n + "_scale" in views
+                    else t.float() for n, t in views.items()
                     if n.startswith(prefix) and ".extras." not in n}  # extras feed nothing
 
         w = weights("model.embed_tokens.")

@@ -59,9 +59,14 @@ def checkpoint_keys(spec: ModelSpec) -> dict[str, KeyTarget]:
              for name, shape in shapes.items()}
     for layer in range(spec.num_layers):
         for fused, parts in FUSED_PROJECTIONS.items():
-            for suffix in ("weight", "bias"):
+            for suffix in ("weight", "bias", "weight_scale", "input_scale"):
                 names = [f"model.layers.{layer}.{part}.{suffix}" for part in parts]
                 if not all(n in shapes for n in names):
+                    continue
+                if not shapes[names[0]]:
+                    # A fused-on-disk matrix has one scale: it fills every slot (seed 003).
+                    table[f"model.layers.{layer}.{fused}.{suffix}"] = KeyTarget(
+                        (), tuple(Slot(n, 0, 1) for n in names))
                     continue
                 slots, row = [], 0
                 for n in names:
@@ -86,7 +91,7 @@ def to_checkpoint_tensors(spec: ModelSpec, canonical: Mapping[str, torch.Tensor]
     """Canonical tensors -> the checkpoint tensors of a layout (fusing rows by the table)."""
     out = {}
     for key, target in layout_keys(spec, fused).items():
-        if len(target.slots) == 1:
+        if len(target.slots) == 1 or not target.shape:  # one scalar scale for every slot
             out[key] = canonical[target.slots[0].canonical]
         else:
             out[key] = torch.cat([canonical[s.canonical] for s in target.slots], dim=0)

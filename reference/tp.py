@@ -61,8 +61,8 @@ def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int) -> RankSlice
     if name in _VOCAB:
         per = spec.vocab_size // tp_size
         return RankSlice(0, rank * per, (rank + 1) * per)
-    if not name.startswith("model.layers."):
-        return None
+    if not name.startswith("model.layers.") or name.endswith("_scale"):
+        return None  # scalar FP8 scales are replicated
     if module in _COLUMN:
         full = spec.q_size if module == "q_proj" else spec.intermediate_size
         per = full // tp_size

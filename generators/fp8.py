@@ -1,0 +1,91 @@
+"""FP8 cases: serialized per-tensor FP8 checkpoints and float checkpoints for online
+quantization, built on the ordinary load cases (so every layout, shard count, TP rank and
+option a candidate claims is still drawn).
+
+Serialized checkpoints hold every finite e4m3fn code (all 256 bit patterns come first in
+each large enough weight; the NaN codes only as the non-finite defect) and scales from
+1e-6 (float16 dequantization underflows) to 1000 (it overflows at 448 * 146); a fused
+group's slots share one scale when fused on disk, and share or differ when split. Online
+checkpoints scale their linear weights from 1e-6 (below vLLM's scale floor) to 300.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import strategies as st
+
+from reference.fp8 import M512_FLOOR, quantization_groups
+from reference.names import layout_keys
+from .cases import LoadCase, load_cases
+
+__all__ = ["SCALE_CORNERS", "WEIGHT_GAINS", "scale_values", "serialized_cases",
+           "online_cases"]
+
+SCALE_CORNERS = (1e-6, 2.5e-6, M512_FLOOR, 1e-3, 0.0123, 0.5, 1.0, 150.0, 200.0, 448.0, 1000.0)
+WEIGHT_GAINS = (1.0, 1e-6, 1e-3, 300.0)
+
+
+def scale_values() -> st.SearchStrategy[float]:
+    """Positive scales: the corners first, then any float in [1e-6, 1e3]."""
+    return st.one_of(st.sampled_from(SCALE_CORNERS), st.floats(1e-6, 1e3))
+
+
+@st.composite
+def serialized_cases(draw, capabilities: frozenset[str], *, device: str = "cpu",
+                     tp: bool = False, distinct_slots: bool | None = None,
+                     zero: bool = False, nan_code: bool = False, drop_scale: bool = False,
+                     poison: bool = True) -> LoadCase:
+    """A serialized FP8 checkpoint (compressed-tensors or vLLM `fp8` config, with or
+    without input scales) and options within `capabilities`. `distinct_slots` forces the
+    split-on-disk slots of a group to differ (True) or share a scale (False); `zero` may
+    write one all-zero weight; `nan_code` writes one NaN code with check_finite on;
+    `drop_scale` leaves one weight_scale out with tracking on."""
+    base = draw(load_cases(capabilities, device=device, tp=tp,
+                           track=True if drop_scale else None), label="base case")
+    spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(
+        ["compressed-tensors", "fp8"]), label="fp8 config"),
+        fp8_input_scale=draw(st.booleans(), label="input scales"))
+    scales: dict[str, float] = {}
+    for group in quantization_groups(spec, "fused"):
+        shared = base.plan.fused or not (distinct_slots if distinct_slots is not None
+                                         else draw(st.booleans(), label="distinct slots"))
+        for suffix in ("_scale",) + (("input_scale",) if spec.fp8_input_scale else ()):
+            value = draw(scale_values())
+            for weight in group:
+                name = weight + suffix if suffix == "_scale" else \
+                    weight[: -len("weight")] + suffix
+                scales[name] = value if shared else draw(scale_values())
+    weights = spec.quantized_weights()
+    plan = replace(base.plan, spec=spec, fp8_scales=tuple(sorted(scales.items())),
+                   scale_as_vector=draw(st.booleans(), label="scales as [1]"))
+    if zero:
+        plan = replace(plan, zero_weights=tuple(draw(st.lists(st.sampled_from(weights),
+                                                              max_size=1))))
+    if nan_code:
+        plan = replace(plan, non_finite=((draw(st.sampled_from(weights)), float("nan")),))
+    if drop_scale:
+        plan = replace(plan, dropped=(draw(st.sampled_from(
+            sorted(k for k in layout_keys(plan.spec, plan.fused) if k.endswith("weight_scale")))),))
+    options = replace(base.options, check_finite=nan_code and "finite_check" in capabilities,
+                      poison=poison and "poison" in capabilities)
+    return LoadCase(plan, options)
+
+
+@st.composite
+def online_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: bool = False,
+                 zero: bool = False, non_finite: bool = False) -> LoadCase:
+    """A float checkpoint loaded with online FP8 quantization. The linear weights are
+    multiplied by a drawn gain; `zero` may make one of them all zero; `non_finite` puts a
+    NaN or Inf into one."""
+    base = draw(load_cases(capabilities, device=device, tp=tp), label="base case")
+    weights = base.plan.spec.quantized_weights()
+    plan = replace(base.plan, weight_gain=draw(st.sampled_from(WEIGHT_GAINS), label="gain"))
+    if zero:
+        plan = replace(plan, zero_weights=tuple(draw(st.lists(st.sampled_from(weights),
+                                                              min_size=1, max_size=2,
+                                                              unique=True))))
+    if non_finite:
+        plan = replace(plan, non_finite=((draw(st.sampled_from(weights)), draw(
+            st.sampled_from([float("nan"), float("inf"), float("-inf")]))),))
+    return LoadCase(plan, replace(base.options, quantize="fp8"))
