@@ -26,10 +26,11 @@ from reference.tp import rank_slice
 from .repro import CASE_FILE
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
+from .fp8_compare import refine_fp8
 from .session import current
 from .survival import call_with_timeout
 
-__all__ = ["written", "load_both", "check_case", "fail_on", "fail_if_states_differ",
+__all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
            "provenance", "name_sets", "rerun_command", "count_example"]
 
 # Name sets compared only when the candidate claims the capability that defines them.
@@ -175,16 +176,22 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     raise AssertionError(message)
 
 
+def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
+                        directory: Path | None) -> list[Divergence]:
+    """compare_outcomes for a case, with quantized matrices reported one per matrix."""
+    divergences = compare_outcomes(expected, found, name_sets=name_sets(current().capabilities),
+                                   device=case.options.device,
+                                   where=provenance(case, directory))
+    return refine_fp8(divergences, expected.result and expected.result.state,
+                      found.result and found.result.state, case.plan.spec)
+
+
 def check_case(case: LoadCase, prop: str) -> tuple[Outcome, Outcome]:
     """The standard property: the candidate's outcome equals the reference's."""
     count_example()
-    run = current()
     with written(case.plan) as directory:
         expected, found = load_both(case, directory)
-        divergences = compare_outcomes(expected, found, name_sets=name_sets(run.capabilities),
-                                       device=case.options.device,
-                                       where=provenance(case, directory))
-        fail_on(divergences, prop, case, directory)
+        fail_on(outcome_divergences(case, expected, found, directory), prop, case, directory)
     return expected, found
 
 
@@ -192,5 +199,7 @@ def fail_if_states_differ(first: Outcome, second: Outcome, prop: str, case: Load
                           title: str) -> None:
     """Two loads by the candidate that must agree bit for bit (when both loaded)."""
     if first.result is not None and second.result is not None:
-        fail_on(compare_states(first.result.state, second.result.state, where=lambda n: title),
-                prop, case, title=title)
+        divergences = compare_states(first.result.state, second.result.state,
+                                     where=lambda n: title)
+        fail_on(refine_fp8(divergences, first.result.state, second.result.state,
+                           case.plan.spec), prop, case, title=title)

@@ -27,17 +27,20 @@ Nothing here knows about Hypothesis or pytest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from .contract import VARIANTS, ModelSpec, NonFiniteInputError
-from .names import FUSED_PROJECTIONS
+from .checkpoint import write_checkpoint
+from .names import FUSED_PROJECTIONS, to_checkpoint_tensors
 
 __all__ = ["FP8", "FP8_MAX", "M512_FLOOR", "AMAX_EPS", "Fp8Rules", "online_scale",
            "quantize_with_scale", "dequantize", "quantize_groups", "requantize_to_max",
-           "scale_name", "input_scale_name", "check_finite_weight", "code_step"]
+           "scale_name", "input_scale_name", "check_finite_weight", "code_step",
+           "quantization_groups", "export_fp8_checkpoint"]
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -169,3 +172,15 @@ def requantize_to_max(codes: Mapping[str, torch.Tensor], scales: Mapping[str, to
     dtype = torch.float16 if rules.dequant == "float16" else torch.float32
     return {n: (quantize_with_scale(dequantize(codes[n], scales[n].reshape(()), dtype), s_max,
                                     rules), s_max.clone()) for n in group}
+
+
+def export_fp8_checkpoint(directory: Path, spec: ModelSpec, state: Mapping[str, torch.Tensor]
+                          ) -> ModelSpec:
+    """Offline quantization's output for an online-quantized `state` (per tensor): a
+    serialized FP8 checkpoint, split on disk, holding its codes, scales and float tensors
+    (compressed-tensors config). Returns the checkpoint's spec."""
+    serialized = replace(spec, fp8_checkpoint="compressed-tensors", fp8_input_scale=False)
+    tensors = to_checkpoint_tensors(serialized, state, fused=False)
+    write_checkpoint(directory, serialized.to_hf_config(),
+                     [sorted((k, t.detach().cpu().contiguous()) for k, t in tensors.items())])
+    return serialized

@@ -1,0 +1,125 @@
+"""FP8 divergences per logical matrix: the codes, the effective scale and the dequantized
+weight of one q/k/v/o/gate/up/down matrix, named with its slot in the fused parameter a
+loader like vLLM keeps, so that a wrong scale slot reads as exactly that.
+
+Tensor divergences on a quantized weight or its scales (from `compare_states`) are
+replaced by one message per matrix; everything else passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from reference.contract import ModelSpec
+from reference.dtypes import FP8_DTYPES, poison_mask
+from reference.fp8 import dequantize, input_scale_name, scale_name
+from reference.names import FUSED_PROJECTIONS
+from .compare import Divergence, compare_tensor
+
+__all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences"]
+
+
+def slot_of(weight: str) -> str:
+    """`model.layers.0.self_attn.k_proj.weight` -> 'slot 1 (k_proj) of
+    model.layers.0.self_attn.qkv_proj'; a matrix outside any fused group -> ''."""
+    prefix, _, rest = weight.partition(".self_attn.") if ".self_attn." in weight else \
+        weight.partition(".mlp.")
+    module = weight.split(".")[-2]
+    for fused, parts in FUSED_PROJECTIONS.items():
+        names = [p.split(".")[1] for p in parts]
+        if module in names:
+            return f"slot {names.index(module)} ({module}) of {prefix}.{fused}"
+    return ""
+
+
+def _scale_text(t: torch.Tensor | None) -> str:
+    if t is None:
+        return "absent"
+    t = t.detach().float().cpu().reshape(-1)
+    if t.numel() == 1:
+        value = t[0]
+        note = " (the poison pattern: never written)" if bool(poison_mask(t).all()) else ""
+        return f"{value.item():.6g}{note}"
+    return f"{t.numel()} per-row values in [{t.min().item():.4g}, {t.max().item():.4g}]"
+
+
+def fp8_divergences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                    weight: str) -> Divergence | None:
+    """One divergence for `weight`'s codes, scale and input scale, or None if all equal."""
+    names = [weight, scale_name(weight), input_scale_name(weight)]
+    problems = [d for n in names if n in expected
+                for d in [compare_tensor(n, expected[n], found[n]) if n in found else
+                          Divergence("absent", n, f"{n}: absent")] if d is not None]
+    if not problems:
+        return None
+    slot = slot_of(weight)
+    matrix = weight[: -len(".weight")]
+    lines = [f"{matrix}{' (' + slot + ')' if slot else ''}: FP8 matrix differs"]
+    want_s, got_s = expected.get(scale_name(weight)), found.get(scale_name(weight))
+    detail: dict = {"matrix": matrix, "slot": slot, "expected_scale": _scale_text(want_s),
+                    "found_scale": _scale_text(got_s)}
+    scale_differs = want_s is not None and (
+        got_s is None or compare_tensor("s", want_s, got_s) is not None)
+    if scale_differs:
+        lines.append(f"    weight_scale: expected {detail['expected_scale']}, found "
+                     f"{detail['found_scale']}")
+    else:
+        lines.append(f"    weight_scale: {detail['expected_scale']} on both sides")
+    codes = next((d for d in problems if d.subject == weight), None)
+    if codes is not None:
+        lines.append("    codes: " + codes.message.split(": ", 1)[-1])
+        detail.update({k: v for k, v in codes.detail.items()})
+    w_exp, w_got = expected.get(weight), found.get(weight)
+    if codes is None or codes.kind == "tensor":
+        if w_exp is not None and w_got is not None and want_s is not None and got_s is not None \
+                and w_got.dtype in FP8_DTYPES and tuple(got_s.shape) == tuple(want_s.shape):
+            diff = (dequantize(w_got.cpu(), got_s.cpu()) - dequantize(w_exp.cpu(), want_s.cpu())
+                    ).abs()
+            detail["dequantized_max_abs_diff"] = float(diff.max()) if diff.numel() else 0.0
+            lines.append(f"    dequantized weight: max abs diff {detail['dequantized_max_abs_diff']:.4g}")
+    inputs = next((d for d in problems if d.subject == input_scale_name(weight)), None)
+    if inputs is not None:
+        lines.append("    input_scale: " + inputs.message.split(": ", 1)[-1])
+    kind = "fp8" if all(d.kind == "tensor" for d in problems) else problems[0].kind
+    return Divergence(kind, weight, "\n".join(lines), detail)
+
+
+def refine_fp8(divergences: list[Divergence], expected: Mapping[str, torch.Tensor] | None,
+               found: Mapping[str, torch.Tensor] | None, spec: ModelSpec) -> list[Divergence]:
+    """Replace per-tensor divergences on quantized weights and their scales by one
+    divergence per logical matrix (in model order)."""
+    if expected is None or found is None:
+        return divergences
+    weights = spec.quantized_weights()
+    owned = {n: w for w in weights for n in (w, scale_name(w), input_scale_name(w))}
+    hit = [w for w in weights if any(owned.get(d.subject) == w for d in divergences)]
+    rest = [d for d in divergences if d.subject not in owned]
+    return [d for w in hit for d in [fp8_divergences(expected, found, w)] if d] + rest
+
+
+def zero_weight_divergences(found: Mapping[str, torch.Tensor], zero_weights: tuple[str, ...]
+                            ) -> list[Divergence]:
+    """P12: an all-zero weight must quantize to a finite scale and dequantize to exactly 0
+    (whatever scale floor the loader declares)."""
+    out = []
+    for weight in zero_weights:
+        codes, scale = found.get(weight), found.get(scale_name(weight))
+        if codes is None or scale is None or codes.dtype not in FP8_DTYPES:
+            continue
+        problems = []
+        if not bool(torch.isfinite(scale.float()).all()):
+            problems.append(f"its scale is {_scale_text(scale)}, not finite")
+        values = dequantize(codes.cpu(), scale.cpu())
+        if not bool((values == 0).all()):
+            bad = int((values != 0).sum())
+            problems.append(f"{bad} of {values.numel()} elements dequantize to non-zero "
+                            f"values (first {values.reshape(-1)[(values != 0).reshape(-1)][0].item()})")
+        if problems:
+            slot = slot_of(weight)
+            out.append(Divergence("fp8", weight, f"{weight[:-len('.weight')]}"
+                                  f"{' (' + slot + ')' if slot else ''}: an all-zero weight "
+                                  f"must quantize to a finite scale and back to exactly 0, but "
+                                  + "; ".join(problems), {"scale": _scale_text(scale)}))
+    return out

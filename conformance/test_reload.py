@@ -1,0 +1,120 @@
+"""Reload (P5, seed 001's home): load(A); reload(B) ≡ fresh load(B), bit for bit, for plain,
+online-quantized and serialized-FP8 models; reloading twice ≡ once; the storages of every
+tensor stay where they were (CUDA graphs hold their addresses); reloading some layers
+changes only those layers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, strategies as st
+
+from generators.cases import LoadCase, load_cases
+from generators.fp8 import online_cases, serialized_cases
+from reference.names import layout_keys
+from .compare import Divergence, compare_states, run_outcome
+from .fp8_compare import refine_fp8
+from .harness import candidate_call, count_example, fail_on, load_both, written
+from .session import current
+
+
+@st.composite
+def reload_cases(draw, capabilities: frozenset[str], device: str) -> tuple[LoadCase, LoadCase]:
+    """(A, B): two checkpoints of one spec and layout with different values, loaded with the
+    same options: plain, online FP8 or serialized FP8 (as the candidate claims)."""
+    modes = [m for m, cap in (("serialized", "fp8_serialized"), ("online", "fp8_online"))
+             if cap in capabilities] + ["plain"]
+    mode = draw(st.sampled_from(modes), label="mode")
+    if mode == "serialized":
+        first = draw(serialized_cases(capabilities, device=device, poison=False), label="A")
+        second_scales = draw(serialized_cases(capabilities, device=device, poison=False),
+                             label="B scales")
+        scales = dict(second_scales.plan.fp8_scales)
+        other = tuple((n, scales.get(n, v)) for n, v in first.plan.fp8_scales)
+    elif mode == "online":
+        first, other = draw(online_cases(capabilities, device=device), label="A"), None
+    else:
+        first, other = draw(load_cases(capabilities, device=device), label="A"), None
+    options = replace(first.options, track=False, poison=False)
+    seed = draw(st.integers(0, 2**16).filter(lambda s: s != first.plan.data_seed), label="B seed")
+    second = replace(first.plan, data_seed=seed, **({"fp8_scales": other} if other else {}))
+    return LoadCase(first.plan, options), LoadCase(second, options)
+
+
+def _divergences(case: LoadCase, expected, found, title: str) -> list[Divergence]:
+    divergences = compare_states(expected, found, where=lambda n: title)
+    return refine_fp8(divergences, expected, found, case.plan.spec)
+
+
+def _moved(before: dict[str, int], state) -> list[Divergence]:
+    return [Divergence("placement", name, f"{name}: its storage moved during reload "
+                       f"(data_ptr {before[name]:#x} -> {t.data_ptr():#x}); CUDA graphs and "
+                       f"kernels captured the old address", {"expected": before[name],
+                                                             "found": t.data_ptr()})
+            for name, t in state.items() if name in before and t.data_ptr() != before[name]]
+
+
+def _reload(run, result, directory, case: LoadCase):
+    return candidate_call(lambda: run.candidate.reload(result, str(directory), case.plan.spec,
+                                                       case.options))
+
+
+@pytest.mark.requires("load", "reload")
+@given(data=st.data())
+def test_reload_equals_fresh_load(data):
+    """load(A); reload(B) ≡ load(B); reload(B) again changes nothing; no storage moves."""
+    run = current()
+    count_example()
+    first, second = data.draw(reload_cases(run.capabilities, run.device), label="cases")
+    with written(first.plan) as dir_a, written(second.plan) as dir_b:
+        _, loaded = load_both(first, dir_a)
+        fresh = run_outcome(lambda: run.reference.load(str(dir_b), second.plan.spec,
+                                                       second.options))
+        if loaded.result is None or fresh.result is None:
+            return  # the load itself is other properties' business
+        before = {n: t.data_ptr() for n, t in loaded.result.state.items()}
+        reloaded = _reload(run, loaded.result, dir_b, second)
+        if reloaded.error is not None:
+            fail_on([Divergence("error", "reload", f"reload raised: {reloaded.describe()}")],
+                    "P5 reload", second, dir_b)
+        state = reloaded.result.state
+        fail_on(_divergences(second, fresh.result.state, state, "after load(A); reload(B), "
+                             "against a fresh load of B") + _moved(before, state),
+                "P5 reload", second, dir_b, title="reload(B) differs from a fresh load of B")
+        again = _reload(run, reloaded.result, dir_b, second)
+        if again.result is not None:
+            fail_on(_divergences(second, fresh.result.state, again.result.state,
+                                 "after reloading B twice") + _moved(before, again.result.state),
+                    "P5 reload", second, dir_b, title="reloading twice differs from once")
+
+
+@pytest.mark.requires("load", "reload")
+@given(data=st.data())
+def test_reload_of_some_layers_changes_only_those(data):
+    """A checkpoint holding some decoder layers (and nothing else) changes exactly those
+    layers; everything else keeps A's values, and biases and norms survive the processing."""
+    run = current()
+    count_example()
+    first, second = data.draw(reload_cases(run.capabilities, run.device), label="cases")
+    spec = first.plan.spec
+    layers = data.draw(st.lists(st.integers(0, spec.num_layers - 1), min_size=1, unique=True),
+                       label="layers reloaded")
+    keep = tuple(f"model.layers.{i}." for i in layers)
+    dropped = tuple(k for k in layout_keys(spec, second.plan.fused) if not k.startswith(keep))
+    partial = LoadCase(replace(second.plan, dropped=dropped), second.options)
+    with written(first.plan) as dir_a, written(partial.plan) as dir_b:
+        expected_a, loaded = load_both(first, dir_a)
+        if loaded.result is None or expected_a.result is None:
+            return
+        before = {n: t.data_ptr() for n, t in loaded.result.state.items()}
+        want = run.reference.reload(expected_a.result, str(dir_b), spec, partial.options)
+        reloaded = _reload(run, loaded.result, dir_b, partial)
+        if reloaded.error is not None:
+            fail_on([Divergence("error", "reload", f"reload of layers {sorted(layers)} raised: "
+                                f"{reloaded.describe()}")], "P5 reload", partial, dir_b)
+        fail_on(_divergences(partial, want.state, reloaded.result.state,
+                             f"after load(A); reload(layers {sorted(layers)} of B)")
+                + _moved(before, reloaded.result.state),
+                "P5 reload", partial, dir_b,
+                title=f"reloading layers {sorted(layers)} changed more, or less, than those")
