@@ -11,14 +11,16 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from reference.contract import ModelSpec
 from reference.dtypes import FP8_DTYPES, poison_mask
-from reference.fp8 import dequantize, input_scale_name, scale_name
+from reference.fp8 import FP8, FP8_MAX, code_step, dequantize, input_scale_name, scale_name
 from reference.names import FUSED_PROJECTIONS
 from .compare import Divergence, compare_tensor
 
-__all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences"]
+__all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences",
+           "codes_within_one_step", "fp8_matmul_tolerance", "scaled_mm_divergences"]
 
 
 def slot_of(weight: str) -> str:
@@ -122,4 +124,79 @@ def zero_weight_divergences(found: Mapping[str, torch.Tensor], zero_weights: tup
                                   f"{' (' + slot + ')' if slot else ''}: an all-zero weight "
                                   f"must quantize to a finite scale and back to exactly 0, but "
                                   + "; ".join(problems), {"scale": _scale_text(scale)}))
+    return out
+
+
+def codes_within_one_step(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
+                          spec: ModelSpec) -> list[Divergence]:
+    """For loaders declaring `fp8_cuda_codes: one_step`: each quantized weight's codes lie
+    within one FP8 code step of the reference's. Those that do are replaced in `found` by
+    the expected codes, so that everything else is still compared exactly."""
+    out = []
+    for name in spec.quantized_weights():
+        want, got = expected.get(name), found.get(name)
+        if want is None or got is None or got.dtype not in FP8_DTYPES or got.shape != want.shape:
+            continue
+        apart = (got.float() - want.float()).abs()
+        if bool((apart > code_step(want)).any()) or bool(apart.isnan().any()):
+            slot = slot_of(name)
+            out.append(Divergence("fp8", name, f"{name[:-len('.weight')]}"
+                                  f"{' (' + slot + ')' if slot else ''}: codes more than one "
+                                  f"FP8 step from the reference's (max {float(apart.max()):.4g})"))
+        else:
+            found[name] = want
+    return out
+
+
+def fp8_matmul_tolerance(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Elementwise bound for `x @ w.T` computed by an FP8 kernel from exactly these
+    (dequantized) operands: float32 accumulation of K products, each rounded once, plus
+    the rounding of the output: 2·K·2⁻²⁴·(|x| @ |w|.T) + 2⁻²⁴·|x @ w.T| + 1e-30."""
+    k = x.shape[-1]
+    magnitude = x.abs().double() @ w.abs().double().T
+    exact = (x.double() @ w.double().T).abs()
+    return 2 * k * 2.0 ** -24 * magnitude + 2.0 ** -24 * exact + 1e-30
+
+
+def _pad16(t: torch.Tensor) -> torch.Tensor:
+    """_scaled_mm wants every dimension a multiple of 16: pad with zeros (exact)."""
+    rows, cols = (-t.shape[0]) % 16, (-t.shape[1]) % 16
+    return F.pad(t.float(), (0, cols, 0, rows)).to(t.dtype)
+
+
+def scaled_mm_divergences(found: Mapping[str, torch.Tensor],
+                          expected: Mapping[str, torch.Tensor], spec: ModelSpec, device: str,
+                          tokens: int, one_step: bool = False) -> list[Divergence]:
+    """Every per-tensor quantized linear of the candidate's `found` state through
+    `torch._scaled_mm` on `device` (activations quantized per tensor) against the float64
+    matmul with the *reference's* dequantized weight, within `fp8_matmul_tolerance` (plus
+    one code step per weight where the loader declares `one_step`)."""
+    out = []
+    for name in spec.quantized_weights():
+        codes, scale = found.get(name), found.get(scale_name(name))
+        if codes is None or scale is None or codes.dtype != FP8 or scale.dim():
+            continue
+        x = torch.randn(tokens, codes.shape[1], generator=torch.Generator().manual_seed(tokens))
+        x_scale = (x.abs().amax() / FP8_MAX).clamp(min=1e-12)
+        x_codes = (x / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        result = torch._scaled_mm(_pad16(x_codes).to(device), _pad16(codes.to(device)).t(),
+                                  scale_a=x_scale.to(device), scale_b=scale.float().to(device),
+                                  out_dtype=torch.float32)[:tokens, :codes.shape[0]].cpu()
+        x_dq = dequantize(x_codes, x_scale)
+        w_dq = dequantize(expected[name].cpu(), expected[scale_name(name)].cpu())
+        bound = fp8_matmul_tolerance(x_dq, w_dq)
+        if one_step:
+            step = code_step(expected[name].cpu()) * expected[scale_name(name)].cpu().float()
+            bound = bound + x_dq.abs().double() @ step.double().T
+        excess = (result.double() - x_dq.double() @ w_dq.double().T).abs() - bound
+        if bool((excess > 0).any()) or bool(result.isnan().any()):
+            slot = slot_of(name)
+            out.append(Divergence("fp8", name, f"{name[:-len('.weight')]}"
+                                  f"{' (' + slot + ')' if slot else ''}: _scaled_mm on {device} "
+                                  f"with the candidate's codes and scale "
+                                  f"({_scale_text(scale)}) differs from the reference's "
+                                  f"dequantized matmul (scale "
+                                  f"{_scale_text(expected[scale_name(name)])}) beyond the FP8 "
+                                  f"tolerance, by up to "
+                                  f"{float(excess.nan_to_num(float('inf')).max()):.3g}"))
     return out

