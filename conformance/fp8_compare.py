@@ -20,7 +20,7 @@ from reference.names import FUSED_PROJECTIONS
 from .compare import Divergence, compare_tensor
 
 __all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences",
-           "codes_within_one_step", "fp8_matmul_tolerance", "scaled_mm_divergences"]
+           "round_trip_divergences", "codes_within_one_step", "fp8_matmul_tolerance", "scaled_mm_divergences"]
 
 
 def slot_of(weight: str) -> str:
@@ -124,6 +124,39 @@ def zero_weight_divergences(found: Mapping[str, torch.Tensor], zero_weights: tup
                                   f"{' (' + slot + ')' if slot else ''}: an all-zero weight "
                                   f"must quantize to a finite scale and back to exactly 0, but "
                                   + "; ".join(problems), {"scale": _scale_text(scale)}))
+    return out
+
+
+def round_trip_divergences(weights: Mapping[str, torch.Tensor],
+                           found: Mapping[str, torch.Tensor], spec: ModelSpec
+                           ) -> list[Divergence]:
+    """Each quantized weight of `found` dequantizes to within half a code step (at its own
+    scale, saturation at 448 included) of the float `weights` it was quantized from."""
+    out = []
+    for name in spec.quantized_weights():
+        codes, scale, w = found.get(name), found.get(scale_name(name)), weights.get(name)
+        if codes is None or scale is None or w is None or codes.dtype not in FP8_DTYPES:
+            continue
+        w = w.detach().float().cpu()
+        if not bool(w.abs().max() > 0) or codes.shape != w.shape:
+            continue  # zero weights are P12's; shapes are the state comparison's
+        s = scale.detach().float().cpu()
+        s_rows = s.reshape(-1, 1) if s.dim() else s
+        got = dequantize(codes.cpu(), s.cpu())
+        bound = s_rows * code_step(codes.cpu()) / 2 + w.abs() * 2.0 ** -20
+        error = (got - w).abs()
+        bad = ~(error <= bound)
+        if bool(bad.any()):
+            first = [int(i) for i in bad.nonzero()[0]]
+            slot = slot_of(name)
+            out.append(Divergence("fp8", name, f"{name[:-len('.weight')]}"
+                                  f"{' (' + slot + ')' if slot else ''}: {int(bad.sum())} of "
+                                  f"{w.numel()} weights dequantize more than half a code step "
+                                  f"away (scale {_scale_text(scale)}, weight amax "
+                                  f"{float(w.abs().max()):.4g}); first at {first}: weight "
+                                  f"{float(w[tuple(first)]):.6g}, dequantized "
+                                  f"{float(got[tuple(first)]):.6g}",
+                                  {"scale": _scale_text(scale), "first_index": first}))
     return out
 
 

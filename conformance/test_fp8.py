@@ -15,8 +15,8 @@ from hypothesis import given, strategies as st
 from generators.cases import LoadCase
 from generators.fp8 import online_cases, serialized_cases
 from reference.fp8 import export_fp8_checkpoint
-from .compare import Divergence, compare_states
-from .fp8_compare import zero_weight_divergences
+from .compare import Divergence, compare_states, run_outcome
+from .fp8_compare import round_trip_divergences, zero_weight_divergences
 from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
                       load_both, outcome_divergences, written)
 from .session import current
@@ -109,6 +109,26 @@ def test_offline_export_loads_like_online(data):
                                                               expected.result.state):
                 fail_if_states_differ(online, got, "P4 offline export", offline_case,
                                       "offline-quantize-then-load differs from quantize-on-load")
+
+
+@pytest.mark.requires("load", "fp8_online")
+@given(data=st.data())
+def test_online_fp8_round_trip_is_within_half_a_code_step(data):
+    """P4, whatever the variants: every dequantized weight lies within half an FP8 code step
+    (at its scale) of the float weight it came from. A scale that underflowed to 0, or one
+    far from amax / 448, breaks this even where the reference shares the variant."""
+    run = current()
+    count_example()
+    case = data.draw(online_cases(run.capabilities, device=run.device, tp=True), label="case")
+    with written(case.plan) as directory:
+        plain = replace(case.options, quantize=None)
+        weights = run_outcome(lambda: run.reference.load(str(directory), case.plan.spec, plain))
+        found = candidate_call(lambda: run.candidate.load(str(directory), case.plan.spec,
+                                                          case.options))
+        if weights.result is None or found.result is None:
+            return  # error agreement is test_online_fp8_matches_reference's job
+        fail_on(round_trip_divergences(weights.result.state, found.result.state,
+                                       case.plan.spec), "P4 FP8 round trip", case, directory)
 
 
 @pytest.mark.requires("load", "fp8_online")

@@ -115,11 +115,21 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
     # Overlap: compare each tensor with the furthest-reaching one before it (an empty
     # tensor between two overlapping ones must not hide the overlap).
     reach: TensorEntry | None = None
+    covered = data_start  # the safetensors format: the data section is tensors, no holes
     for entry in sorted((e for e in entries.values() if e.nbytes), key=lambda e: e.offset):
         if reach is not None and reach.offset + reach.nbytes > entry.offset:
             raise corrupt(f"tensors {reach.key!r} and {entry.key!r} overlap", entry.key)
+        if entry.offset > covered:
+            raise corrupt(f"bytes {covered - data_start}:{entry.offset - data_start} of the "
+                          f"data section belong to no tensor (a hole before {entry.key!r})",
+                          entry.key)
         if reach is None or entry.offset + entry.nbytes > reach.offset + reach.nbytes:
             reach = entry
+        covered = max(covered, entry.offset + entry.nbytes)
+    if covered != data_start + data_size:
+        raise corrupt(f"the last {data_start + data_size - covered} bytes of the data section "
+                      f"belong to no tensor (safetensors refuses a file its header does not "
+                      f"cover)")
     return entries
 
 

@@ -79,8 +79,13 @@ VARIANTS: Mapping[str, tuple[str, ...]] = {
     # codes = W / s (the formula), or W * (1 / s) (vLLM's kernels and native path).
     "fp8_scale_op": ("divide", "reciprocal"),
     # The lower bound of an online scale: s >= 1 / (448 * 512) (vLLM's native path),
-    # amax >= 1e-12 (torchao), or none (vLLM's CUDA kernel: a zero tensor gives s = 0).
+    # amax >= 1e-12 (torchao.float8's training path, amax_to_scale), or none (vLLM's CUDA
+    # kernel and torchao's quantize_ in 0.18: a zero tensor gives s = 0).
     "fp8_scale_floor": ("m512", "eps", "none"),
+    # The arithmetic of amax / 448: in float32 (the formula), or in the weight's own dtype
+    # then cast to float32 (torchao's _choose_scale_float8: a rounded bf16 scale, and a
+    # float16 amax / 448 that underflows to 0 below about 1.3e-5).
+    "fp8_scale_dtype": ("float32", "weight"),
     # Serialized per-tensor scales of a fused parameter: requantized to one max scale
     # (vLLM), or kept one per slot (loaders that keep separate modules).
     "fp8_fused_scales": ("max_requant", "per_slot"),

@@ -13,8 +13,9 @@ Where real loaders legitimately differ, :class:`Fp8Rules` carries the declared v
   llama and qwen2, fused qkv_proj for phi3), or each output row;
 - `W / s` or `W * (1 / s)` (`fp8_scale_op`): they differ in the last bit of some codes;
 - the floor of `s` (`fp8_scale_floor`): `1 / (M * 512)` (vLLM's native path), `amax >=
-  1e-12` (torchao), or none (vLLM's CUDA kernel: an all-zero tensor gets `s = 0` and NaN
-  codes, which the P12 property reports);
+  1e-12` (torchao.float8's training path), or none (vLLM's CUDA kernel, torchao's
+  `quantize_`: an all-zero tensor gets `s = 0` and NaN codes, which P12 reports);
+- the dtype of `amax / M` (`fp8_scale_dtype`): float32, or the weight's own (torchao);
 - serialized scales of a fused parameter (`fp8_fused_scales`): requantized to their max
   (vLLM's `requantize_with_max_scale`), or kept per slot; and the precision of the
   dequantization before that requantization (`fp8_dequant`: float32, or float16 as vLLM
@@ -45,7 +46,7 @@ __all__ = ["FP8", "FP8_MAX", "M512_FLOOR", "AMAX_EPS", "Fp8Rules", "online_scale
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 M512_FLOOR = 1.0 / (FP8_MAX * 512.0)   # vLLM's native path: _FP8_MIN_SCALING_FACTOR
-AMAX_EPS = 1e-12                      # torchao: amax.clamp(min=1e-12)
+AMAX_EPS = 1e-12                      # torchao.float8 (training): amax.clamp(min=1e-12)
 
 
 def scale_name(weight: str) -> str:
@@ -67,13 +68,14 @@ class Fp8Rules:
     floor: str = "m512"
     fused_scales: str = "max_requant"
     dequant: str = "float32"
+    scale_dtype: str = "float32"
 
     @classmethod
     def from_variants(cls, variants: Mapping[str, str]) -> "Fp8Rules":
         pick = {k: variants.get(k, VARIANTS[k][0]) for k in VARIANTS if k.startswith("fp8_")}
         return cls(unit=pick["fp8_unit"], scale_op=pick["fp8_scale_op"],
                    floor=pick["fp8_scale_floor"], fused_scales=pick["fp8_fused_scales"],
-                   dequant=pick["fp8_dequant"])
+                   dequant=pick["fp8_dequant"], scale_dtype=pick["fp8_scale_dtype"])
 
 
 def check_finite_weight(name: str, weight: torch.Tensor) -> None:
@@ -90,11 +92,13 @@ def check_finite_weight(name: str, weight: torch.Tensor) -> None:
 def online_scale(weight: torch.Tensor, rules: Fp8Rules) -> torch.Tensor:
     """The dynamic scale of one quantization unit: float32, shape () (per tensor) or
     (rows,) (per row), with the declared floor."""
-    magnitude = weight.detach().float().abs()
+    magnitude = weight.detach().abs()
+    if rules.scale_dtype == "float32":
+        magnitude = magnitude.float()
     amax = magnitude.amax(dim=-1) if rules.unit == "row" else magnitude.amax()
     if rules.floor == "eps":
         amax = amax.clamp(min=AMAX_EPS)
-    scale = amax / FP8_MAX
+    scale = (amax / FP8_MAX).float()
     if rules.floor == "m512":
         scale = scale.clamp(min=M512_FLOOR)
     return scale

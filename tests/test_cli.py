@@ -64,7 +64,8 @@ def test_header_shows_loader_capabilities_and_profile():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "loadcheck: loader 'reference'" in proc.stdout
     assert "hypothesis profile 'pr', seed derandomized" in proc.stdout
-    assert "loadcheck capabilities: +load" in proc.stdout and "-reload" in proc.stdout
+    assert "loadcheck capabilities: +load" in proc.stdout and "+reload" in proc.stdout
+    assert ("-cuda" in proc.stdout) != torch.cuda.is_available()
 
 
 def test_unclaimed_capabilities_skip_with_their_reason(tmp_path):

@@ -10,8 +10,10 @@ import torch
 from hypothesis import given, settings
 
 from generators.cases import load_cases
+from generators.checkpoints import CheckpointPlan
+from generators.fp8 import online_cases, serialized_cases
 from generators.tensors import tensors
-from reference.contract import CAPABILITIES
+from reference.contract import CAPABILITIES, ModelSpec
 from reference.dtypes import dtype_class
 
 ALL = frozenset(CAPABILITIES)
@@ -140,3 +142,55 @@ def test_byte_cases_reach_every_dtype_class():
                 "int32 (packed weights)"]
     missing = [f for f in expected if not seen[f]]
     assert not missing, f"not reached within {CORNER_BUDGET} examples: {missing}; {dict(seen)}"
+
+
+def _fp8_serialized(case) -> dict[str, bool]:
+    plan, spec = case.plan, case.plan.spec
+    scales = dict(plan.fp8_scales)
+    qkv = {scales[f"model.layers.0.self_attn.{p}.weight_scale"] for p in ("q_proj", "k_proj",
+                                                                       "v_proj")}
+    return {
+        "fused on disk (one scale, every slot)": plan.fused,
+        "split with distinct slot scales": not plan.fused and len(qkv) > 1,
+        "scale <= 1e-5 (float16 underflow)": min(scales.values()) <= 1e-5,
+        "scale >= 150 (float16 overflow)": max(scales.values()) >= 150,
+        "input scales": spec.fp8_input_scale,
+        "vLLM fp8 config": spec.fp8_checkpoint == "fp8",
+        "compressed-tensors config": spec.fp8_checkpoint == "compressed-tensors",
+        "scales stored as [1]": plan.scale_as_vector,
+        "a zero weight": bool(plan.zero_weights),
+        "tp 2+": case.options.tp_size > 1,
+    }
+
+
+def test_serialized_fp8_cases_reach_their_corners():
+    seen = reached(serialized_cases(ALL, tp=True, zero=True), _fp8_serialized)
+    missing = [
+        f for f in ("fused on disk (one scale, every slot)", "split with distinct slot scales",
+                    "scale <= 1e-5 (float16 underflow)", "scale >= 150 (float16 overflow)",
+                    "input scales", "vLLM fp8 config", "compressed-tensors config",
+                    "scales stored as [1]", "a zero weight", "tp 2+") if not seen[f]]
+    assert not missing, f"not reached within {CORNER_BUDGET} examples: {missing}; seen {dict(seen)}"
+
+
+def test_fp8_checkpoints_hold_every_finite_code():
+    """All 254 finite e4m3fn codes appear in a large enough serialized weight."""
+    spec = ModelSpec(hidden_size=32, intermediate_size=16, fp8_checkpoint="fp8")
+    plan = CheckpointPlan(spec)
+    codes = {int(b) for name, t in plan.canonical().items() if name in spec.quantized_weights()
+             for b in t.view(torch.uint8).reshape(-1).tolist()}
+    assert codes == set(range(256)) - {0x7F, 0xFF}
+
+
+def test_online_fp8_cases_reach_their_corners():
+    seen = reached(online_cases(ALL, tp=True, zero=True), lambda case: {
+        "tiny weights (below the m512 floor)": case.plan.weight_gain <= 1e-3,
+        "large weights": case.plan.weight_gain >= 300,
+        "zero weight": bool(case.plan.zero_weights),
+        "bf16 or fp16 model": case.plan.spec.dtype != "float32",
+        "llama or qwen2 (units differ)": case.plan.spec.family != "phi3",
+        "tp 2+": case.options.tp_size > 1})
+    missing = [f for f in ("tiny weights (below the m512 floor)", "large weights", "zero weight",
+                           "bf16 or fp16 model", "llama or qwen2 (units differ)", "tp 2+")
+               if not seen[f]]
+    assert not missing, f"not reached within {CORNER_BUDGET} examples: {missing}; seen {dict(seen)}"

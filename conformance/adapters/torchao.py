@@ -323,10 +323,12 @@ class TorchaoFp8Loader:
         # - scale_op divide: _quantize_affine_float8 computes `tensor_fp32 / scale_expanded`;
         # - scale_floor none: _choose_scale_float8 returns `max_abs / quant_max` with no
         #   clamp (the 1e-12 eps lives only in torchao.float8's training path,
-        #   float8_utils.amax_to_scale, which quantize_ does not use).
+        #   float8_utils.amax_to_scale, which quantize_ does not use);
+        # - scale_dtype weight: max_abs / quant_max is computed in the weight's dtype and
+        #   only then cast to float32.
         self.variants = {"fp8_unit": granularity, "fp8_scale_op": "divide",
-                         "fp8_scale_floor": "none", "tied_checkpoint_head": "ignore",
-                         "unexpected_keys": "report"}
+                         "fp8_scale_floor": "none", "fp8_scale_dtype": "weight",
+                         "tied_checkpoint_head": "ignore", "unexpected_keys": "report"}
 
     def _config(self) -> Float8WeightOnlyConfig:
         return Float8WeightOnlyConfig(

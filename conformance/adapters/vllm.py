@@ -49,6 +49,7 @@ import re
 import socket
 import struct
 import threading
+import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -145,6 +146,15 @@ _SHAPE = re.compile(r"Attempted to load weight|size mismatch|shape mismatch|"
 def _map_error(exc: BaseException) -> BaseException:
     """vLLM's exception -> the loadcheck family (by vLLM's type and message), else itself."""
     text = f"{type(exc).__name__}: {exc}"
+    # vLLM's config validation (pydantic) wraps what it met reading the checkpoint (it
+    # reads the safetensors headers to learn the dtype): judge the wrapped error.
+    for detail in getattr(exc, "errors", lambda: [])() if type(exc).__name__ == \
+            "ValidationError" else []:
+        inner = (detail.get("ctx") or {}).get("error")
+        if isinstance(inner, BaseException):
+            mapped = _map_error(inner)
+            if mapped is not inner:
+                return type(mapped)(f"{text}", subject=getattr(mapped, "subject", None))
     if isinstance(exc, ValueError) and "were not initialized from checkpoint" in str(exc):
         return MissingWeightsError(text)
     if isinstance(exc, ValueError) and ("There is no module or parameter named" in str(exc)
@@ -154,6 +164,11 @@ def _map_error(exc: BaseException) -> BaseException:
         return UnexpectedKeysError(text)
     if isinstance(exc, (AssertionError, RuntimeError)) and _SHAPE.search(str(exc)):
         return ShapeMismatchError(text)
+    # vLLM's parameter loaders end in a bare `assert <param>.shape == loaded_weight.shape`.
+    if isinstance(exc, AssertionError) and exc.__traceback__ is not None:
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        if "vllm" in last.filename and ".shape ==" in (last.line or ""):
+            return ShapeMismatchError(f"{text} ({last.line.strip()})")
     # Tensor.narrow in a vLLM weight loader: the checkpoint tensor is smaller than the slice
     # the layer expects from it.
     if isinstance(exc, RuntimeError) and re.search(r"start \(\d+\) \+ length \(\d+\) exceeds "
@@ -166,7 +181,7 @@ def _map_error(exc: BaseException) -> BaseException:
         return CorruptCheckpointError(text)
     if isinstance(exc, json.JSONDecodeError):
         return CorruptCheckpointError(text)
-    if isinstance(exc, struct.error):  # vLLM reading a safetensors header length
+    if isinstance(exc, (struct.error, UnicodeDecodeError)):  # reading a safetensors header
         return CorruptCheckpointError(text)
     try:
         from safetensors import SafetensorError
