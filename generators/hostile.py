@@ -349,7 +349,8 @@ class Corruption:
 
 @st.composite
 def corruptions(draw, spec: ModelSpec) -> Corruption:
-    plan = CheckpointPlan(spec, data_seed=draw(st.integers(0, 2**16)))
+    plan = CheckpointPlan(spec, fused=spec.fused_on_disk_natively,  # every loader reads it
+                          data_seed=draw(st.integers(0, 2**16)))
     if draw(st.booleans()):
         return Corruption(plan, truncate=draw(st.floats(0.0, 0.999)))
     # Most of what a header can get wrong sits in its first few hundred bytes.

@@ -65,9 +65,14 @@ CAPABILITIES: Mapping[str, str] = {
 # a loader declares which one it follows and the reference computes the expected
 # outcome under the same declaration.
 VARIANTS: Mapping[str, tuple[str, ...]] = {
-    # A checkpoint `lm_head.weight` in a tied model: ignored and reported as ignored
-    # (vLLM), or treated as an unexpected key.
-    "tied_checkpoint_head": ("ignore", "unexpected"),
+    # A checkpoint `lm_head.weight` in a tied model: ignored and reported as ignored, treated
+    # as an unexpected key, or "untie": a head that differs (bitwise, after the dtype cast)
+    # from the embedding unties the model and is loaded as its own parameter, while an equal
+    # one is ignored (vLLM 0.32 maybe_untie_word_embeddings; transformers' tie_weights).
+    "tied_checkpoint_head": ("ignore", "unexpected", "untie"),
+    # A tied model whose checkpoint has the head but no embedding: the embedding is missing,
+    # or "either": filled from the head (transformers treats tying as symmetric).
+    "tied_embedding_source": ("embedding", "either"),
     # Unexpected keys without strict: reported (transformers), or always an error
     # (vLLM's load_weights looks every name up in params_dict).
     "unexpected_keys": ("report", "raise"),

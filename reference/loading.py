@@ -54,6 +54,7 @@ class LoadPlan:
     unexpected: set[str] = field(default_factory=set)
     ignored: set[str] = field(default_factory=set)
     problems: list[LoadError] = field(default_factory=list)
+    tied_head: TensorEntry | None = None  # a tied model's checkpoint head, under "untie"
 
     def raise_first(self) -> None:
         if not self.problems:
@@ -111,6 +112,8 @@ class ReferenceLoader:
                 mapped = self.map_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
                 if mapped is None or not model.adopt(copy.slot.canonical, mapped):
                     self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
+            if plan.tied_head is not None:
+                self.untie_if_different(ckpt, plan, model, spec, options)
             if options.check_finite:
                 self.check_finite(plan, model.canonical_views())
         if spec.fp8_checkpoint:
@@ -126,7 +129,7 @@ class ReferenceLoader:
             loaded=frozenset(plan.loaded), missing=frozenset(plan.missing),
             unexpected=frozenset(plan.unexpected), ignored=frozenset(plan.ignored),
             aliases={"lm_head.weight": "model.embed_tokens.weight"}
-            if spec.tie_word_embeddings else {},
+            if spec.tie_word_embeddings and model.tied else {},
             model=model)
 
     def quantize(self, result: LoadResult) -> LoadResult:
@@ -218,11 +221,17 @@ class ReferenceLoader:
         for key in sorted(entries):  # the order tensors arrive in never matters
             entry, target = entries[key], self.map_key(table, key)
             if target is None:
-                if key == TIED_HEAD_KEY and spec.tie_word_embeddings \
-                        and self.variants["tied_checkpoint_head"] == "ignore":
-                    plan.ignored.add(key)
-                else:
+                how = self.variants["tied_checkpoint_head"]
+                if key != TIED_HEAD_KEY or not spec.tie_word_embeddings or how == "unexpected":
                     plan.unexpected.add(key)
+                elif how == "ignore":
+                    plan.ignored.add(key)
+                elif entry.shape != (spec.vocab_size, spec.hidden_size):
+                    plan.problems.append(ShapeMismatchError(
+                        f"{key}: expected shape {[spec.vocab_size, spec.hidden_size]}, "
+                        f"checkpoint has {list(entry.shape)}", subject=key))
+                else:
+                    plan.tied_head = entry  # untie or not, once its values are read
                 continue
             if entry.shape != target.shape and not (target.shape == () and entry.shape == (1,)):
                 plan.problems.append(ShapeMismatchError(
@@ -243,6 +252,7 @@ class ReferenceLoader:
                         f"and {key}", subject=slot.canonical))
                 covered_by[slot.canonical] = key
                 plan.copies.append(Copy(entry, slot))
+        self._embedding_from_head(spec, entries, plan, covered_by)
         plan.loaded = set(covered_by)
         plan.missing = {n for n in spec.parameter_shapes()
                         if n not in plan.loaded and not self.exempt_from_tracking(spec, n)}
@@ -256,6 +266,37 @@ class ReferenceLoader:
                 f"weights not initialized from the checkpoint: {', '.join(names)}",
                 subject=names[0]))
         return plan
+
+    def _embedding_from_head(self, spec: ModelSpec, entries: Mapping[str, TensorEntry],
+                             plan: LoadPlan, covered_by: dict[str, str]) -> None:
+        """Under `tied_embedding_source: either`, a tied model's checkpoint head fills an
+        embedding the checkpoint lacks (and then is the embedding: nothing to untie)."""
+        embedding, head = "model.embed_tokens.weight", entries.get(TIED_HEAD_KEY)
+        if self.variants["tied_embedding_source"] != "either" or not spec.tie_word_embeddings \
+                or head is None or embedding in covered_by \
+                or head.shape != (spec.vocab_size, spec.hidden_size):
+            return
+        plan.copies.append(Copy(head, Slot(embedding, 0, spec.vocab_size)))
+        covered_by[embedding] = TIED_HEAD_KEY
+        plan.ignored.discard(TIED_HEAD_KEY)
+        plan.unexpected.discard(TIED_HEAD_KEY)
+        plan.tied_head = None
+
+    def untie_if_different(self, ckpt: Checkpoint, plan: LoadPlan, model: TinyDecoderLM,
+                           spec: ModelSpec, options: LoadOptions) -> None:
+        """Under `tied_checkpoint_head: untie`: compare the checkpoint head (this rank's
+        rows, in the embedding's dtype) with the loaded embedding, bit for bit; a different
+        head unties the model and is loaded, an equal one is ignored."""
+        embedding = model.canonical_views()["model.embed_tokens.weight"]
+        piece = self.rank_slice(spec, TIED_HEAD_KEY, options)
+        rows = (piece.start, piece.stop) if piece is not None else None
+        head = ckpt.read(plan.tied_head, rows).to(embedding.dtype)
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[head.itemsize]
+        if torch.equal(head.view(width), embedding.cpu().contiguous().view(width)):
+            plan.ignored.add(TIED_HEAD_KEY)
+        else:
+            model.untie(head)
+            plan.loaded.add(TIED_HEAD_KEY)
 
     def build_model(self, spec: ModelSpec, options: LoadOptions) -> TinyDecoderLM:
         return TinyDecoderLM(spec, dtype=torch_dtype(options.dtype or spec.dtype),

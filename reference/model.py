@@ -125,6 +125,19 @@ class TinyDecoderLM(nn.Module):
         """One storage: the head *is* the embedding (the same Parameter object)."""
         self.lm_head.weight = self.model.embed_tokens.weight
 
+    @property
+    def tied(self) -> bool:
+        return self.lm_head.weight is self.model.embed_tokens.weight
+
+    def untie(self, head: torch.Tensor) -> None:
+        """Give a tied model a head of its own holding `head` (a checkpoint head that
+        differs from the embedding, under the `untie` variant)."""
+        embedding = self.model.embed_tokens.weight
+        self.lm_head = _Weights({"weight": nn.Parameter(
+            head.to(device=embedding.device, dtype=embedding.dtype), requires_grad=False)})
+        self.shapes["lm_head.weight"] = tuple(head.shape)
+        self.dtypes["lm_head.weight"] = embedding.dtype
+
     # ----- construction --------------------------------------------------------------
     def _params(self, canonical: list[str], device) -> dict[str, nn.Parameter]:
         return {n.rsplit(".", 1)[1]: _param(self.shapes[n], self.dtypes[n], device)

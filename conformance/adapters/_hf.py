@@ -9,16 +9,16 @@ row views. Only `reference.contract` is imported from loadcheck.
 from __future__ import annotations
 
 import json
-import os
-from typing import Iterable, Mapping
+import pickle
+from typing import Iterable
 
 import torch
 
-from reference.contract import (LINEAR_PROJECTIONS, CorruptCheckpointError, LoadError,
-                                ModelSpec, UnsafeCheckpointError)
+from reference.contract import (CorruptCheckpointError, LoadError, ModelSpec,
+                                UnsafeCheckpointError)
 
 __all__ = ["FUSED", "fused_rows", "canonical_state", "hf_to_canonical", "canonical_buffers",
-           "aliases", "checkpoint_error", "check_shard_names"]
+           "aliases", "checkpoint_error", "exception_chain"]
 
 # fused HF module -> the logical modules stacked in its rows, in order (HF phi3's layout)
 FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -96,12 +96,6 @@ def canonical_buffers(model: torch.nn.Module, names: Iterable[str]) -> dict[str,
     return {n: buffers[n].detach() for n in names if n in buffers}
 
 
-def check_shard_names(checkpoint: str) -> None:
-    """Nothing: kept for symmetry. (The adapters do NOT validate shard names themselves:
-    whether the library does is what the hostile properties check.)"""
-    return None
-
-
 def checkpoint_error(exc: BaseException) -> LoadError | None:
     """A library / safetensors / filesystem exception about the checkpoint files -> the
     error family, or None when it is not about the files (then it is reported as is)."""
@@ -116,6 +110,8 @@ def checkpoint_error(exc: BaseException) -> LoadError | None:
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return CorruptCheckpointError(f"a checkpoint file is absent: {exc}",
                                       subject=getattr(exc, "filename", None))
+    if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refused it
+        return UnsafeCheckpointError(f"refused to unpickle: {exc}")
     if isinstance(exc, PermissionError):
         return UnsafeCheckpointError(f"a checkpoint file cannot be opened: {exc}")
     return None
@@ -130,15 +126,14 @@ def exception_chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
-def linear_names(spec: ModelSpec) -> list[str]:
-    return [f"model.layers.{layer}.{m}" for layer in range(spec.num_layers)
-            for m in LINEAR_PROJECTIONS]
-
-
-def read_json(path: str) -> Mapping:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def is_file(path: str) -> bool:
-    return os.path.isfile(path)
+def checkpoint_has_key(checkpoint: str, key: str) -> bool:
+    """Whether the (already loaded, so valid) checkpoint directory holds `key`: the index's
+    weight_map, or the single file's header (read without loading any tensor)."""
+    from pathlib import Path
+    from safetensors import safe_open
+    directory = Path(checkpoint)
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        return key in json.loads(index.read_text()).get("weight_map", {})
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as handle:
+        return key in handle.keys()

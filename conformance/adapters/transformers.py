@@ -38,7 +38,7 @@ from reference.contract import (LoadOptions, LoadResult, MissingWeightsError, Mo
                                 ShapeMismatchError, UnexpectedKeysError)
 
 from ._hf import (aliases, canonical_buffers, canonical_state, checkpoint_error,
-                  exception_chain, hf_to_canonical)
+                  checkpoint_has_key, exception_chain, hf_to_canonical)
 
 __all__ = ["TransformersLoader", "loader", "make_loader"]
 
@@ -70,9 +70,11 @@ class TransformersLoader:
     # fp8_serialized: see docs/findings/transformers.md (FP8 section).
     capabilities = frozenset({"load", "sharded", "meta_init", "track", "strict", "forward"})
     # Unexpected keys are reported, never raised (without strict). A checkpoint head in a
-    # tied model matches neither "ignore" nor "unexpected" (transformers unties the model
-    # when the head differs from the embedding); "ignore" is the closest, see the findings.
-    variants = {"unexpected_keys": "report", "tied_checkpoint_head": "ignore"}
+    # tied model that differs from the embedding unties the model (tie_weights: "both are
+    # present in the checkpoints with different values, so we will NOT tie them"); an
+    # equal one is dropped; tying is symmetric, so a missing embedding is filled from it.
+    variants = {"unexpected_keys": "report", "tied_checkpoint_head": "untie",
+                "tied_embedding_source": "either"}
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
         kwargs = {"dtype": options.dtype or "auto", "output_loading_info": True}
@@ -106,11 +108,16 @@ class TransformersLoader:
             names = sorted(missing)
             raise MissingWeightsError(f"transformers reports missing keys: {names}",
                                       subject=names[0])
-        state = canonical_state(model, spec)
+        state, tied_alias = canonical_state(model, spec), aliases(model)
+        loaded = {n for n in wanted if n not in missing}
+        ignored = set()
+        if spec.tie_word_embeddings and checkpoint_has_key(checkpoint, "lm_head.weight"):
+            # the checkpoint head was dropped (model still tied) or loaded (model untied)
+            (ignored if tied_alias else loaded).add("lm_head.weight")
         return LoadResult(state=state, buffers=canonical_buffers(model, spec.buffer_names()),
-                          loaded=frozenset(n for n in wanted if n not in missing),
-                          missing=frozenset(missing), unexpected=frozenset(unexpected),
-                          ignored=frozenset(), aliases=aliases(model), model=model)
+                          loaded=frozenset(loaded), missing=frozenset(missing),
+                          unexpected=frozenset(unexpected), ignored=frozenset(ignored),
+                          aliases=tied_alias, model=model)
 
     def forward(self, result: LoadResult, input_ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

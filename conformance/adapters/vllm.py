@@ -253,7 +253,9 @@ class VllmLoader:
     name = "vllm"
     capabilities = frozenset({"load", "fused_on_disk", "sharded", "tp", "track", "strict",
                               "poison"})
-    variants = {"tied_checkpoint_head": "ignore", "unexpected_keys": "raise"}
+    # A tied config whose checkpoint head differs from the embedding is loaded untied
+    # (ModelConfig.maybe_untie_word_embeddings); an equal head is skipped as a tied alias.
+    variants = {"tied_checkpoint_head": "untie", "unexpected_keys": "raise"}
 
     @property
     def version(self) -> str:
