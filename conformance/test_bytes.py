@@ -14,12 +14,13 @@ from .harness import candidate_call, count_example, fail_on, load_both, written
 from .session import current
 
 
-@pytest.mark.requires("load", "extras", "bytes")
+@pytest.mark.requires("load", "bytes")
 @given(data=st.data())
 def test_parameter_bytes_for_every_dtype(data):
     run = current()
     count_example()
-    # Several extras of any dtype per model, so every example counts many dtypes at once.
+    # Several extras of any dtype per model, so every example counts many dtypes at once
+    # (a loader without `extras` is checked on the model's own float parameters).
     case = data.draw(load_cases(run.capabilities, device=run.device, extras=True, tp=True,
                                 extra_strategy=extra_params(min_count=3, max_count=6,
                                                             dtypes=any_dtype)), label="case")

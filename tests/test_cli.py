@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -252,7 +252,7 @@ def _state(model: torch.nn.Module, table) -> dict[str, torch.Tensor]:
 class VllmLoader:
     name = "vllm"
     capabilities = frozenset({"load", "fused_on_disk", "sharded", "tp", "track", "strict",
-                              "poison"})
+                              "poison", "bytes"})
     # A tied config whose checkpoint head differs from the embedding is loaded untied
     # (ModelConfig.maybe_untie_word_embeddings); an equal head is skipped as a tied alias.
     variants = {"tied_checkpoint_head": "untie", "unexpected_keys": "raise"}
