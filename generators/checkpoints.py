@@ -101,9 +101,10 @@ class CheckpointPlan:
         if self.scale_as_vector:
             for key in [k for k in tensors if k.endswith("_scale")]:
                 tensors[key] = tensors[key].reshape(1)
-        other = to_checkpoint_tensors(self.spec, self.canonical(), not self.fused)
-        for key in self.doubled:
-            tensors[key] = other[key]
+        if self.doubled:
+            other = to_checkpoint_tensors(self.spec, self.canonical(), not self.fused)
+            for key in self.doubled:
+                tensors[key] = other[key]
         for i, extra in enumerate(self.extra_keys):
             tensors[extra.key] = seeded_tensor(self.data_seed + 100 + i,
                                                torch_dtype(extra.dtype), extra.shape)

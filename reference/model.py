@@ -210,8 +210,12 @@ class TinyDecoderLM(nn.Module):
         self.reset_buffers()
 
     def move_to(self, device: torch.device | str) -> None:
-        """The device move after loading: device only, never dtype; idempotent."""
-        self.to(device=device)
+        """The device move after loading: device only, never dtype; idempotent (and free
+        when everything is already there)."""
+        target = torch.device(device)
+        if any(t.device.type != target.type or (target.index is not None and t.device != target)
+               for t in [*self.parameters(), *self.buffers()]):
+            self.to(device=device)
 
     # ----- canonical view ----------------------------------------------------------------
     def canonical_views(self) -> dict[str, torch.Tensor]:

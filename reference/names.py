@@ -8,6 +8,8 @@ never matches `layers.3`, and one key feeds exactly the (parameter, rows) it nam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Mapping
 
 import torch
@@ -52,8 +54,10 @@ def fused_gate_up_rows(spec: ModelSpec) -> dict[str, tuple[int, int]]:
     return {"gate_proj": (0, i), "up_proj": (i, 2 * i)}
 
 
-def checkpoint_keys(spec: ModelSpec) -> dict[str, KeyTarget]:
-    """Every key a checkpoint of `spec` may hold, split or fused, and what it feeds."""
+@lru_cache(maxsize=256)  # a spec is frozen; every load and plan asks for its table
+def checkpoint_keys(spec: ModelSpec) -> Mapping[str, KeyTarget]:
+    """Every key a checkpoint of `spec` may hold, split or fused, and what it feeds
+    (read-only: the table is shared)."""
     shapes = spec.parameter_shapes()
     table = {name: KeyTarget(shape, (Slot(name, 0, shape[0] if shape else 1),))
              for name, shape in shapes.items()}
@@ -74,16 +78,17 @@ def checkpoint_keys(spec: ModelSpec) -> dict[str, KeyTarget]:
                     row += shapes[n][0]
                 table[f"model.layers.{layer}.{fused}.{suffix}"] = KeyTarget(
                     (row,) + shapes[names[0]][1:], tuple(slots))
-    return table
+    return MappingProxyType(table)
 
 
-def layout_keys(spec: ModelSpec, fused: bool) -> dict[str, KeyTarget]:
+@lru_cache(maxsize=256)
+def layout_keys(spec: ModelSpec, fused: bool) -> Mapping[str, KeyTarget]:
     """The keys of a complete checkpoint in one layout (fused or split q/k/v, gate/up)."""
     table = checkpoint_keys(spec)
     parts = {f".{p}." for ps in FUSED_PROJECTIONS.values() for p in ps}
     fused_names = {f".{f}." for f in FUSED_PROJECTIONS}
     drop = parts if fused else fused_names
-    return {k: t for k, t in table.items() if not any(d in k for d in drop)}
+    return MappingProxyType({k: t for k, t in table.items() if not any(d in k for d in drop)})
 
 
 def to_checkpoint_tensors(spec: ModelSpec, canonical: Mapping[str, torch.Tensor], fused: bool
