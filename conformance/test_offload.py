@@ -5,6 +5,8 @@ nothing passes an output-equality test, so placement is checked too)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -48,12 +50,24 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
                           param_filter=data.draw(st.sampled_from(FILTERS), label="filter"))
     ids = torch.tensor([data.draw(st.lists(st.integers(0, spec.vocab_size - 1), min_size=1,
                                            max_size=5), label="input_ids")], device=run.device)
+    # Offloading a quantized model after a reload (the processed tensors must move too).
+    quantized = data.draw(st.booleans(), label="online FP8, then reload") if {
+        "fp8_online", "reload"} <= run.capabilities else False
+    if quantized:
+        options = replace(options, quantize="fp8")
     case = LoadCase(plan, options)
-    title = offload.summary()
-    with written(plan) as directory:
+    title = offload.summary() + ("; online FP8, reloaded" if quantized else "")
+    with written(plan) as directory, written(replace(plan, data_seed=plan.data_seed + 1)) as other:
         expected, found = load_both(case, directory)
         if expected.result is None or found.result is None:
             return  # loading itself is the loading properties' business
+        if quantized:
+            expected.result = run.reference.reload(expected.result, str(other), spec, options)
+            reloaded = candidate_call(lambda: run.candidate.reload(found.result, str(other),
+                                                                   spec, options))
+            if reloaded.error is not None:
+                return  # reload itself is test_reload's business
+            found.result = reloaded.result
         resident = {n: clone_bytes(t) for n, t in found.result.state.items()}
         dtypes = {n: str(t.dtype) for n, t in resident.items()}
         resident_logits = run.candidate.forward(found.result, ids).float().cpu()
