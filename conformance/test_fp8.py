@@ -120,6 +120,10 @@ def test_online_fp8_round_trip_is_within_half_a_code_step(data):
     run = current()
     count_example()
     case = data.draw(online_cases(run.capabilities, device=run.device, tp=True), label="case")
+    # The corner where a scale computed in the weight's dtype underflows: float16, tiny.
+    if data.draw(st.booleans(), label="float16 weights below 1.3e-5"):
+        case = LoadCase(replace(case.plan, spec=replace(case.plan.spec, dtype="float16"),
+                                weight_gain=1e-6), case.options)
     with written(case.plan) as directory:
         plain = replace(case.options, quantize=None)
         weights = run_outcome(lambda: run.reference.load(str(directory), case.plan.spec, plain))
