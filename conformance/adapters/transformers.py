@@ -111,8 +111,10 @@ class TransformersLoader:
         state, tied_alias = canonical_state(model, spec), aliases(model)
         loaded = {n for n in wanted if n not in missing}
         ignored = set()
-        if spec.tie_word_embeddings and checkpoint_has_key(checkpoint, "lm_head.weight"):
-            # the checkpoint head was dropped (model still tied) or loaded (model untied)
+        if spec.tie_word_embeddings and checkpoint_has_key(checkpoint, "lm_head.weight") \
+                and checkpoint_has_key(checkpoint, "model.embed_tokens.weight"):
+            # the checkpoint head was dropped (model still tied) or loaded (model untied);
+            # without an embedding in the checkpoint it *was* the embedding's source
             (ignored if tied_alias else loaded).add("lm_head.weight")
         return LoadResult(state=state, buffers=canonical_buffers(model, spec.buffer_names()),
                           loaded=frozenset(loaded), missing=frozenset(missing),
