@@ -19,6 +19,15 @@ from .harness import candidate_call, count_example, fail_on, written
 from .session import current
 
 
+def _cpu_reference_and_cuda_candidate(run, case, directory):
+    """The reference's load on the host (the meaning) and the candidate's on the GPU."""
+    cpu = replace(case.options, device="cpu")
+    want = run_outcome(lambda: run.reference.load(str(directory), case.plan.spec, cpu))
+    got = candidate_call(lambda: run.candidate.load(str(directory), case.plan.spec,
+                                                    case.options))
+    return want, got
+
+
 @pytest.mark.requires("load", "fp8_online", "cuda")
 @given(data=st.data())
 def test_cuda_codes_match_cpu_reference(data):
@@ -29,18 +38,15 @@ def test_cuda_codes_match_cpu_reference(data):
         pytest.skip("run with --device cuda")
     count_example()
     case = data.draw(online_cases(run.capabilities, device="cuda"), label="case")
-    one_step = run.candidate.variants.get("fp8_cuda_codes") == "one_step"
     with written(case.plan) as directory:
-        cpu = replace(case.options, device="cpu")
-        want = run_outcome(lambda: run.reference.load(str(directory), case.plan.spec, cpu))
-        got = candidate_call(lambda: run.candidate.load(str(directory), case.plan.spec,
-                                                        case.options))
+        want, got = _cpu_reference_and_cuda_candidate(run, case, directory)
         if want.result is None or got.result is None:
             if (want.error is None) != (got.error is None):
                 fail_on([Divergence("error", "load", f"reference (CPU) {want.describe()}; "
                                     f"candidate (CUDA) {got.describe()}")],
                         "FP8 on CUDA", case, directory)
             return
+        one_step = run.candidate.variants.get("fp8_cuda_codes") == "one_step"
         expected = dict(want.result.state)
         found = {n: t.cpu() for n, t in got.result.state.items()}
         divergences = []
@@ -65,10 +71,7 @@ def test_scaled_mm_matches_dequantized_matmul(data):
     case = data.draw(online_cases(run.capabilities, device="cuda"), label="case")
     rows = data.draw(st.integers(1, 4), label="tokens")
     with written(case.plan) as directory:
-        cpu = replace(case.options, device="cpu")
-        want = run_outcome(lambda: run.reference.load(str(directory), case.plan.spec, cpu))
-        got = candidate_call(lambda: run.candidate.load(str(directory), case.plan.spec,
-                                                        case.options))
+        want, got = _cpu_reference_and_cuda_candidate(run, case, directory)
         if got.result is None or want.result is None:
             return  # error agreement is test_cuda_codes_match_cpu_reference's job
         one_step = run.candidate.variants.get("fp8_cuda_codes") == "one_step"
