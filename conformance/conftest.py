@@ -1,5 +1,6 @@
 """pytest plugin of the suite: options, profiles, the loader (validated once, up front), the
-capability table in the report header, and capability-based skips."""
+capability table in the report header, capability-based skips, the run's id and seeds, and
+the verdict against a known-divergence baseline."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--candidate-timeout", type=float, default=None,
                     help="seconds a candidate call may take before it counts as a hang "
                          "(default 60)")
+    group.addoption("--baseline", default=None, metavar="FILE",
+                    help="known divergences (TOML): matched ones are reported as known, not "
+                         "failed; a built-in adapter's name picks its shipped baseline")
+    group.addoption("--baseline-strict", action="store_true", default=False,
+                    help="also fail the run when a baseline entry no longer reproduces (fixed)")
+    group.addoption("--baseline-write", default=None, metavar="FILE",
+                    help="adopt: run every example without failing, and write (or extend) "
+                         "FILE with an entry for every divergence it does not know yet")
     parser.addini("loadcheck_loader", "default for --loader", default="reference")
     parser.addini("loadcheck_device", "default for --device", default="cpu")
     parser.addini("loadcheck_records", "default for --records", default="results")
@@ -36,22 +45,72 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _seed(config: pytest.Config, derandomized: bool) -> int | None:
     """The run's seed: --hypothesis-seed, else (for random profiles) one chosen by the
     controller and handed to every xdist worker, so one re-run command fits all."""
+    if derandomized:  # every run draws the same examples; a seed would change nothing
+        return None
     given = config.getoption("hypothesis_seed", None)
     if given is not None:
         return int(given)
-    if derandomized:
-        return None
     worker_input = getattr(config, "workerinput", None)
     if worker_input and "loadcheck_seed" in worker_input:
         return worker_input["loadcheck_seed"]
     return random.randrange(2**32)
 
 
+def _from_controller(config: pytest.Config, key: str, make):
+    """A value the xdist controller chose and handed to its workers (or chooses now)."""
+    worker_input = getattr(config, "workerinput", None)
+    if worker_input and key in worker_input:
+        return worker_input[key]
+    return make()
+
+
+def _check_device(device: str) -> None:
+    """A CUDA run on a machine without a usable GPU fails up front (exit 4): a matrix cell
+    whose every property skipped must never look like a pass."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(
+            f"--device {device}: no CUDA device on this machine (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'not built in'}); nothing would be tested")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise pytest.UsageError(f"--device {device}: this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s)")
+
+
+def _baseline(config: pytest.Config, loader_name: str):
+    from conformance.baseline import Baseline, BaselineError, load_baseline, shipped_baseline
+    given = config.getoption("--baseline")
+    write = config.getoption("--baseline-write")
+    if write is not None:
+        if given is not None:
+            raise pytest.UsageError("--baseline-write FILE extends FILE: give it alone")
+        try:
+            return load_baseline(write) if Path(write).exists() else Baseline(
+                Path(write), loader=loader_name)
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if given is None:
+        if config.getoption("--baseline-strict"):
+            raise pytest.UsageError("--baseline-strict needs --baseline FILE")
+        return None
+    path = Path(given)
+    if not path.exists() and shipped_baseline(given) is not None:
+        path = shipped_baseline(given)
+    try:
+        return load_baseline(path)
+    except BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(trylast=True)  # after Hypothesis' plugin, which forces --hypothesis-seed
 def pytest_configure(config: pytest.Config) -> None:
     from hypothesis import core, settings
 
     from conformance.loaders import LoaderResolutionError, resolve
-    from conformance.records import RecordWriter, run_metadata
+    from conformance.records import RecordWriter, new_run_id, replace_cell, run_metadata
     from conformance.session import RunConfig, configure
 
     config.addinivalue_line("markers", "requires(*capabilities): skip unless the loader "
@@ -65,18 +124,24 @@ def pytest_configure(config: pytest.Config) -> None:
         candidate = resolve(name)
     except LoaderResolutionError as exc:
         raise pytest.UsageError(str(exc)) from None
+    device = config.getoption("--device") or config.getini("loadcheck_device")
+    _check_device(device)
+    baseline = _baseline(config, name)
     seed = _seed(config, settings.default.derandomize)
-    if seed is not None:
-        core.global_force_seed = seed
+    # Hypothesis keeps no example database under a forced global seed, so a failure found
+    # tonight would not replay first tomorrow: each test gets its own seed derived from the
+    # run's instead (conformance.harness.seed_for), which keeps the database on.
+    core.global_force_seed = None
     config._loadcheck_seed = seed
+    run_id = _from_controller(config, "loadcheck_run_id", new_run_id)
+    config._loadcheck_run_id = run_id
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     if worker != "main":
         import torch
         # Cases are tiny: intra-op threads only oversubscribe the cores xdist already uses.
         torch.set_num_threads(1)
     records = RecordWriter(Path(config.getoption("--records") or config.getini("loadcheck_records")),
-                           worker)
-    device = config.getoption("--device") or config.getini("loadcheck_device")
+                           worker, run_id)
     timeout = config.getoption("--candidate-timeout") or float(
         config.getini("loadcheck_candidate_timeout"))
     isolated = config.getoption("--isolate")
@@ -84,15 +149,22 @@ def pytest_configure(config: pytest.Config) -> None:
         from conformance.survival import IsolatedLoader
         candidate = IsolatedLoader(name, candidate, timeout)
     configure(RunConfig(loader_name=name, candidate=candidate, device=device, profile=profile,
-                        seed=seed, records=records, timeout=timeout, isolated=isolated))
+                        seed=seed, records=records, timeout=timeout, isolated=isolated,
+                        baseline=baseline, baseline_strict=config.getoption("--baseline-strict"),
+                        baseline_write=config.getoption("--baseline-write") is not None))
     config._loadcheck_metadata = run_metadata(
         loader=name, loader_version=str(candidate.version), device=device, profile=profile,
-        seed=seed)
+        seed=seed, baseline=str(baseline.path) if baseline else None)
+    config._loadcheck_replaced = []
+    if _controller(config) and worker == "main":
+        config._loadcheck_replaced = replace_cell(records.directory,
+                                                  config._loadcheck_metadata, run_id)
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:  # xdist: one seed for the whole run
+def pytest_configure_node(node) -> None:  # xdist: one seed and one run id for the whole run
     node.workerinput["loadcheck_seed"] = node.config._loadcheck_seed
+    node.workerinput["loadcheck_run_id"] = node.config._loadcheck_run_id
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -110,8 +182,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
              f"{type(loader).__qualname__}) version {loader.version}; device {run.device}; "
              f"hypothesis profile {run.profile!r}, seed "
              f"{run.seed if run.seed is not None else 'derandomized'}; records "
-             f"{run.records.directory}/; candidate timeout {run.timeout:g} s"
-             + ("; isolated in a child process" if run.isolated else "")]
+             f"{run.records.directory}/ (run {run.records.run_id}); candidate timeout "
+             f"{run.timeout:g} s" + ("; isolated in a child process" if run.isolated else "")]
+    if run.baseline is not None:
+        lines.append(f"loadcheck baseline: {run.baseline.path} ({len(run.baseline.entries)} "
+                     f"known divergences{', strict' if run.baseline_strict else ''})")
+    if config._loadcheck_replaced:
+        lines.append(f"loadcheck: replaced the records of earlier run(s) of this cell: "
+                     f"{', '.join(config._loadcheck_replaced)}")
     lines.append("loadcheck capabilities: " + "  ".join(
         f"{'+' if cap in claimed else '-'}{cap}" for cap in CAPABILITIES))
     if loader.variants:
@@ -127,10 +205,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         lacking = [cap for cap in marker.args if cap not in run.capabilities]
         if lacking:
             pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
-    if run.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            pytest.skip(f"--device {run.device}: no CUDA device on this machine")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Random profiles: the test's own seed, derived from the run's (see pytest_configure)."""
+    from conformance.harness import seeded
+    with seeded(item):
+        yield
 
 
 def _controller(config: pytest.Config) -> bool:
@@ -143,20 +225,40 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "PYTEST_XDIST_WORKER" in os.environ:
         return  # the controller receives every worker's reports and writes them once
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        current().records.write({"type": "outcome", "test": report.nodeid,
-                                 "outcome": report.outcome})
+        run = current()
+        run.outcomes[report.nodeid] = report.outcome
+        run.records.write({"type": "outcome", "test": report.nodeid, "outcome": report.outcome})
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _controller(session.config):
+        return
+    from conformance.session import current
+    run = current()
+    if run.baseline_write:
+        from conformance.baseline.write import extend_from_run
+        session.config._loadcheck_verdict = [extend_from_run(run.baseline, run.records)]
+        session.exitstatus = 0 if session.exitstatus in (0, 1) else session.exitstatus
+    elif run.baseline is not None:
+        from conformance.baseline.verdict import judge
+        hits = [(r["entry"], r["test"]) for r in run.records.read_own()
+                if r.get("type") == "known"]
+        verdict = judge(run.baseline, run.outcomes, hits)
+        run.records.write(verdict.to_record(run.baseline, run.baseline_strict))
+        session.config._loadcheck_verdict = verdict.lines(run.baseline, run.baseline_strict)
+        if run.baseline_strict and verdict.fixed and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    run.records.write({"type": "end", "exitstatus": int(session.exitstatus),
+                       "tests": len(run.outcomes)})
     path = session.config.getoption("--html-report")
-    if path and _controller(session.config):
-        from conformance.session import current
+    if path:
         from reports.html import build_report
-        out = build_report([current().records.directory], path)
-        session.config._loadcheck_report = out
+        session.config._loadcheck_report = build_report([run.records.directory], path)
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    for line in getattr(config, "_loadcheck_verdict", []):
+        terminalreporter.write_line(line)
     out = getattr(config, "_loadcheck_report", None)
     if out is not None:
         terminalreporter.write_line(f"loadcheck: HTML report written to {out}")

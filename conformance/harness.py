@@ -4,6 +4,7 @@ act on (and write the record, once Hypothesis has shrunk the example)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import layout_keys
 from reference.tp import rank_slice
+from .baseline import divergence_key, short_test, signature
 from .repro import CASE_FILE
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
@@ -31,7 +33,8 @@ from .session import current
 from .survival import call_with_timeout
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
-           "provenance", "name_sets", "rerun_command", "count_example"]
+           "provenance", "name_sets", "rerun_command", "count_example", "seed_for", "seeded",
+           "seed_machine"]
 
 # Name sets compared only when the candidate claims the capability that defines them.
 _NAME_SETS = {"track": ("loaded", "missing"), "strict": ("unexpected", "ignored")}
@@ -56,7 +59,50 @@ def rerun_command() -> str:
         parts.append(f"--hypothesis-seed={run.seed}")
     if run.device != "cpu":
         parts.append(f"--device={run.device}")
+    if run.baseline is not None:  # known divergences pass, so the search goes where it went
+        parts.append(f"--baseline={run.baseline.path}")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def seed_for(nodeid: str) -> int | None:
+    """A random profile's seed for one test: derived from the run's seed and the test's id,
+    so a test draws the same examples whichever xdist worker runs it, and the re-run line's
+    `--hypothesis-seed` reproduces it. None when the profile is derandomized."""
+    seed = current().seed
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}:{short_test(nodeid)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+# Hypothesis reads a test's seed from this attribute (given-wrapped functions and state
+# machine classes). Its public `seed()` decorator also sets the test's database to None,
+# and a forced global seed turns the database off too: either way a nightly failure would
+# never replay. tests/test_baseline.py proves the database round trip.
+_SEED_ATTRIBUTE = "_hypothesis_internal_use_seed"
+
+
+@contextmanager
+def seeded(item) -> Iterator[None]:
+    """Seed one Hypothesis test (an `@given` function) for the length of its call, keeping
+    its example database on."""
+    function = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+    test_seed = seed_for(item.nodeid)
+    if test_seed is None or not hasattr(function, _SEED_ATTRIBUTE):
+        yield
+        return
+    previous = getattr(function, _SEED_ATTRIBUTE)
+    setattr(function, _SEED_ATTRIBUTE, test_seed)
+    try:
+        yield
+    finally:
+        setattr(function, _SEED_ATTRIBUTE, previous)
+
+
+def seed_machine(machine: type) -> type:
+    """The same for a RuleBasedStateMachine run from inside a test."""
+    setattr(machine, _SEED_ATTRIBUTE, seed_for(_nodeid()))
+    return machine
 
 
 def count_example() -> None:
@@ -126,12 +172,58 @@ def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | No
     return where
 
 
+def _record_known(known: dict[str, list[Divergence]], prop: str, case, nodeid: str) -> None:
+    """A baseline entry seen in this test: one record per entry and test (the first example
+    that shows it), which the run's verdict and the report read."""
+    run = current()
+    for entry_id, divergences in known.items():
+        if (entry_id, nodeid) in run.known_recorded:
+            continue
+        run.known_recorded.add((entry_id, nodeid))
+        run.records.write({
+            "type": "known", "entry": entry_id, "test": nodeid, "property": prop,
+            "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
+            "signature": signature(nodeid, [vars(d) for d in divergences]),
+            "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
+            "divergences": [vars(d) for d in divergences[:12]]})
+
+
+def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> None:
+    """--baseline-write: every divergence not seen yet in this test, as a record the baseline
+    is written from at the end of the run; nothing fails, so every example runs."""
+    run = current()
+    unseen = []
+    for divergence in divergences:
+        key = (nodeid, str(sorted(divergence_key(vars(divergence)).items())))
+        if key not in run.collected:
+            run.collected.add(key)
+            unseen.append(divergence)
+    if unseen:
+        run.records.write({
+            "type": "divergence", "stage": "collected", "property": prop, "test": nodeid,
+            "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
+            "severity": min((d.severity for d in unseen), key=SEVERITIES.index),
+            "signature": signature(nodeid, [vars(d) for d in unseen]),
+            "divergences": [vars(d) for d in unseen]})
+
+
 def fail_on(divergences: list[Divergence], prop: str, case,
             directory: Path | None = None, title: str = "") -> None:
-    """Raise a readable AssertionError (and write the record, on the final replay)."""
+    """Raise a readable AssertionError (and write the record, on the final replay).
+    Divergences the run's baseline knows are recorded as known and do not fail: the
+    example fails only on what is new, so a known bug never masks another."""
     if not divergences:
         return
     run, nodeid = current(), _nodeid()
+    known: dict[str, list[Divergence]] = {}
+    if run.baseline is not None:
+        known, divergences = run.baseline.split(nodeid, divergences)
+        _record_known(known, prop, case, nodeid)
+        if not divergences:
+            return
+    if run.baseline_write:
+        _collect(divergences, prop, case, nodeid)
+        return
     first = nodeid not in run.first_failure
     run.first_failure.setdefault(nodeid, run.examples.get(nodeid, 0))
     command = rerun_command()
@@ -141,6 +233,9 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     lines += [f"  - {d.message}" for d in divergences[:12]]
     if len(divergences) > 12:
         lines.append(f"  ... and {len(divergences) - 12} more divergences")
+    if known:
+        lines.append(f"  (known in this example, not failing: {', '.join(sorted(known))} "
+                     f"from {run.baseline.path})")
     lines.append(f"  re-run: {command}")
     message = "\n".join(lines)
     try:
@@ -159,11 +254,12 @@ def fail_on(divergences: list[Divergence], prop: str, case,
             "checkpoint": case.plan.summary(), "options": case.options.summary(),
             "plan": repr(case.plan), "rerun": command,
             "examples_before_failure": run.first_failure[nodeid],
+            "signature": signature(nodeid, [vars(d) for d in divergences]),
             "divergences": [vars(d) for d in divergences],
         }
         if directory is not None and directory.exists():
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-80:]
-            target = run.records.directory / "repro" / slug
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", short_test(nodeid))[:80]
+            target = run.records.repro_directory / slug
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(directory, target)
             (target / CASE_FILE).write_text(json.dumps({

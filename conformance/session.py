@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from reference.contract import Loader
+from .baseline import Baseline
 from reference.loading import ReferenceLoader
 from .records import RecordWriter
 
@@ -26,6 +27,12 @@ class RunConfig:
     # nodeid -> examples run so far, and the example number of the first failure.
     examples: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, int] = field(default_factory=dict)
+    baseline: Baseline | None = None   # known divergences: reported, not failed
+    baseline_strict: bool = False      # an entry that no longer reproduces fails the run
+    baseline_write: bool = False       # adopt: record every unknown divergence, fail nothing
+    collected: set[tuple[str, str]] = field(default_factory=set)  # (test, divergence key)
+    known_recorded: set[tuple[str, str]] = field(default_factory=set)  # (entry id, test)
+    outcomes: dict[str, str] = field(default_factory=dict)  # test -> outcome (controller)
 
     @cached_property
     def reference(self) -> ReferenceLoader:

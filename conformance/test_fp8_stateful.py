@@ -21,7 +21,7 @@ from generators.fp8 import reload_cases, scale_tables
 from reference.names import layout_keys
 from .compare import Divergence, compare_states, run_outcome
 from .fp8_compare import refine_fp8
-from .harness import candidate_call, count_example, fail_on
+from .harness import candidate_call, count_example, fail_on, seed_machine
 from .session import current
 
 STEPS = 5  # reloads per sequence after the first load
@@ -139,5 +139,5 @@ class LoadReloadMachine(RuleBasedStateMachine):
 @pytest.mark.requires("load", "reload")
 def test_load_reload_sequences():
     budget = settings.default.max_examples
-    run_state_machine_as_test(LoadReloadMachine, settings=settings(
+    run_state_machine_as_test(seed_machine(LoadReloadMachine), settings=settings(
         max_examples=max(10, budget // 4), stateful_step_count=STEPS, deadline=None))

@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
-
-from .records import final_divergences, read_records
+from .records import read_runs
 
 
-def summary(paths: list[str]) -> str:
-    records = read_records(paths)
-    records.divergences = final_divergences(records.divergences)
-    loaders = sorted({r["loader"] for r in records.runs} | {d["loader"] for d in records.divergences})
-    lines = [f"{len(records.divergences)} divergences in {len(loaders)} loader(s): "
-             f"{', '.join(loaders) or '-'}"]
-    counts = Counter((d["property"], d["loader"]) for d in records.divergences)
-    for (prop, loader), count in sorted(counts.items()):
-        lines.append(f"  {prop:28} {loader:48} {count}")
-    for d in records.divergences:
-        first = d["divergences"][0]["message"].splitlines()[0] if d["divergences"] else ""
-        lines += ["", f"[{d['property']}] {d['test']} ({d['loader']}): {first}",
-                  f"  case: {d['case']}", f"  re-run: {d['rerun']}"]
-        if d.get("repro_checkpoint"):
-            lines.append(f"  checkpoint: {d['repro_checkpoint']}")
-        if d.get("repro_command"):
-            lines.append(f"  replay: {d['repro_command']}")
-    return "\n".join(lines)
+def summary(paths: list[str], markdown: bool = False) -> str:
+    from .summary import markdown_summary, text_summary
+    runs = read_runs(paths)
+    return markdown_summary(runs) if markdown else text_summary(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     summarize = commands.add_parser("summary", help="text summary of records")
     summarize.add_argument("results", nargs="+", help="records-*.jsonl files or result directories")
+    summarize.add_argument("--markdown", action="store_true",
+                           help="Markdown for a CI step summary (tables, fenced re-run lines)")
     build = commands.add_parser("build", help="self-contained HTML report (and matrix) of records")
     build.add_argument("results", nargs="+", help="records-*.jsonl files, result directories, "
                        "or folders of result directories (several runs merge into one matrix)")
     build.add_argument("-o", "--output", default="report.html", help="the HTML file to write")
     build.add_argument("--title", default=None, help="the page title")
+    build.add_argument("--previous", default=None, metavar="DIR",
+                       help="the previous night's results (or its report's history file): "
+                            "marks each divergence new, still failing since <date>, or fixed")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -50,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
             from .html import build_report
             start = time.perf_counter()
-            path = build_report(args.results, args.output, title=args.title)
+            path = build_report(args.results, args.output, title=args.title,
+                                previous=args.previous)
             print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB) in "
                   f"{time.perf_counter() - start:.2f} s")
         else:
-            print(summary(args.results))
+            print(summary(args.results, markdown=args.markdown))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,10 +4,12 @@ from the suite's records with jinja2 templates (autoescaped).
     build_report(["results/latest"], "report.html")
 
 This module turns records into plain view data (dicts of strings and numbers); the
-templates in `reports/templates/` lay it out. Contents: the runs merged (their metadata), a
-matrix loader x (device, torch version), a summary property family x loader, and a card per
-divergence (identical divergences of one run are shown once, with their count), filterable
-by family, loader and matrix cell in the page."""
+templates in `reports/templates/` lay it out. Contents: what is new (first screen), the runs
+merged (their metadata), a matrix loader x (device, torch version), a summary property
+family x loader, and a card per divergence group: the same divergence (loader and signature)
+in several cells is one card with a badge per cell; divergences a baseline knows are cards of
+their own, marked known. With a previous night (`previous=`), every group is new, still
+failing since a date, or fixed."""
 
 from __future__ import annotations
 
@@ -19,14 +21,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from .history import Key, previous_divergences, write_history
+from .identity import record_signature
 from .records import Run, read_runs
+from .summary import SEVERITY_ORDER, headline, outcome_counts, run_state, severity_rank
 
 __all__ = ["build_report", "render_report", "report_context", "MAX_ITEMS_PER_CARD"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-# Worst first (conformance.compare.SEVERITIES); an unknown severity sorts last.
-SEVERITY_ORDER = ("critical", "crash", "hang", "divergence")
 
 # A card shows this many tensor-level divergences in full (a loader that gets every tensor
 # wrong would otherwise make one card a page long), the next ones as rows of a compact table,
@@ -82,8 +84,9 @@ def _family_key(name: str) -> tuple:
     return (int(match.group(1)) if match else 10**6, name)
 
 
-def _severity_rank(severity: str) -> int:
-    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
+_severity_rank = severity_rank
+# Cards and the "new" list sort by this first: what changed since the previous night leads.
+STATUS_ORDER = ("new", "still", None, "known")
 
 
 def _cell_key(cell: tuple[str, str]) -> str:
@@ -103,6 +106,9 @@ def _run_view(index: int, run: Run, divergences: int, tests: int) -> dict[str, A
         "time": str(meta.get("time") or "-"), "python": str(meta.get("python") or "-"),
         "hypothesis": str(meta.get("hypothesis") or "-"), "directory": run.directory,
         "divergences": divergences, "failing_tests": tests, "cell": _cell_key(run.cell),
+        "state": run_state(run), "known": len({k.get("entry") for k in run.known}),
+        "fixed": sorted((run.verdict or {}).get("fixed") or []),
+        "baseline": str(meta.get("baseline") or ""),
     }
 
 
@@ -224,7 +230,8 @@ def _short(value: Any, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats: int
+def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats: int,
+               badges: list[dict[str, Any]], status: str | None, since: str | None
                ) -> dict[str, Any]:
     items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
     full, rows = items[:MAX_ITEMS_PER_CARD], items[MAX_ITEMS_PER_CARD:MAX_ROWS_PER_CARD]
@@ -248,6 +255,9 @@ def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats:
         "more": [str(d.get("subject") or d.get("kind") or "?")
                  for d in items[MAX_ROWS_PER_CARD:MAX_ROWS_PER_CARD + MAX_NAMES_LISTED]],
         "more_count": max(0, len(items) - MAX_ROWS_PER_CARD),
+        "signature": record_signature(record), "headline": headline(record),
+        "badges": badges, "status": status, "since": since,
+        "known": str(record.get("entry") or "") if record.get("type") == "known" else "",
     }
 
 
@@ -256,28 +266,76 @@ def _dedup_key(record: dict[str, Any]) -> str:
                       sort_keys=True, default=str)
 
 
-def report_context(runs: list[Run], title: str | None = None) -> dict[str, Any]:
-    """Everything the template shows, as plain data."""
-    cards_raw: list[tuple[dict[str, Any], dict[str, Any], int]] = []
-    run_views = []
-    for number, run in enumerate(runs, 1):
+def _groups(runs: list[Run], run_views: list[dict[str, Any]],
+            previous: dict[Key, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """One group per (loader, known entry or not, signature): every cell it occurs in, each
+    with its status against the previous night (new / still), and how often it repeated."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for run, view in zip(runs, run_views):
         counts: Counter[str] = Counter()
         first: dict[str, dict[str, Any]] = {}
-        for record in run.divergences:
+        for record in list(run.divergences) + list(run.known):
             key = _dedup_key(record)
             counts[key] += 1
             first.setdefault(key, record)
-        tests = {str(r.get("test")) for r in first.values()}
-        view = _run_view(number, run, len(first), len(tests))
-        view["outcomes"] = _outcome_counts(run)
-        run_views.append(view)
-        cards_raw += [(record, view, counts[key]) for key, record in first.items()]
+        for key, record in first.items():
+            sig = record_signature(record)
+            known = record.get("type") == "known"
+            group = groups.setdefault((run.loader, known, sig), {
+                "record": record, "view": view, "repeats": 0, "badges": []})
+            group["repeats"] += counts[key]
+            if _severity_rank(str(record.get("severity"))) < _severity_rank(
+                    str(group["record"].get("severity"))):
+                group["record"], group["view"] = record, view
+            status, since = ("known", None) if known else (None, None)
+            if previous is not None and not known:
+                before = previous.get((run.loader, view["cell"], sig))
+                status, since = ("still", before.get("since")) if before else ("new", None)
+            if not any(b["cell"] == view["cell"] for b in group["badges"]):
+                group["badges"].append({"cell": view["cell"], "status": status, "since": since,
+                                        "run": view["id"]})
+    for group in groups.values():
+        statuses = [b["status"] for b in group["badges"]]
+        group["status"] = min(statuses, key=STATUS_ORDER.index)
+        sinces = [b["since"] for b in group["badges"] if b["since"]]
+        group["since"] = min(sinces) if sinces else None
+    return list(groups.values())
 
-    cards_raw.sort(key=lambda c: (_severity_rank(str(c[0].get("severity") or "divergence")),
-                                  c[1]["loader"], _family_key(str(c[0].get("property") or "")),
-                                  str(c[0].get("test") or ""), c[1]["id"]))
-    cards = [_card_view(i, record, run, repeats) for i, (record, run, repeats)
-             in enumerate(cards_raw, 1)]
+
+def _fixed(runs: list[Run], run_views: list[dict[str, Any]],
+           previous: tuple[dict[Key, dict[str, Any]], set] | None) -> list[dict[str, Any]]:
+    """Divergences of the previous night that tonight's same cell no longer shows."""
+    if previous is None:
+        return []
+    items, _ = previous
+    now = {(run.loader, view["cell"], record_signature(r)) for run, view in zip(runs, run_views)
+           for r in list(run.divergences) + list(run.known)}
+    ran = {(run.loader, view["cell"]) for run, view in zip(runs, run_views)}
+    return [{"loader": k[0], "cell": k[1], "signature": k[2], "since": v.get("since"),
+             "property": v.get("property"), "severity": v.get("severity")}
+            for k, v in sorted(items.items())
+            if (k[0], k[1]) in ran and k not in now and not v.get("known")]
+
+
+def report_context(runs: list[Run], title: str | None = None,
+                   previous: tuple[dict[Key, dict[str, Any]], set] | None = None
+                   ) -> dict[str, Any]:
+    """Everything the template shows, as plain data."""
+    run_views = []
+    for number, run in enumerate(runs, 1):
+        unique = {_dedup_key(r) for r in run.divergences}
+        view = _run_view(number, run, len(unique), len({str(r.get("test")) for r in run.divergences}))
+        view["outcomes"] = dict(outcome_counts(run))
+        run_views.append(view)
+
+    groups = _groups(runs, run_views, previous[0] if previous else None)
+    groups.sort(key=lambda g: (STATUS_ORDER.index(g["status"]),
+                               _severity_rank(str(g["record"].get("severity") or "divergence")),
+                               g["view"]["loader"], _family_key(str(g["record"].get("property") or "")),
+                               str(g["record"].get("test") or "")))
+    cards = [_card_view(i, g["record"], g["view"], g["repeats"], g["badges"], g["status"],
+                        g["since"]) for i, g in enumerate(groups, 1)]
+    failing = [c for c in cards if c["status"] != "known"]
 
     loaders = sorted({r["loader"] for r in run_views} | {c["loader"] for c in cards})
     families = sorted({c["property"] for c in cards}, key=_family_key)
@@ -286,38 +344,45 @@ def report_context(runs: list[Run], title: str | None = None) -> dict[str, Any]:
     # The filters match cards by index into these lists (short attributes, nothing to escape).
     for card in cards:
         card["f"], card["l"] = families.index(card["property"]), loaders.index(card["loader"])
-        card["c"] = cells.index(card["cell"])
+        card["c"] = " ".join(str(cells.index(b["cell"])) for b in card["badges"])
     loaders_with_runs = {r["loader"] for r in run_views if r["version"] != "-" or r["torch"] != "-"}
 
-    by_family = Counter((c["property"], c["loader"]) for c in cards)
+    by_family = Counter((c["property"], c["loader"]) for c in failing)
     summary = [{"family": f, "cells": [{"loader": l, "count": by_family[(f, l)],
                                         "state": "bad" if by_family[(f, l)] else
                                         ("ok" if l in loaders_with_runs else "none")}
                                        for l in loaders],
-                "total": sum(by_family[(f, l)] for l in loaders)} for f in families]
+                "total": sum(by_family[(f, l)] for l in loaders)}
+               for f in families if any(by_family[(f, l)] for l in loaders)]
     loader_totals = [sum(by_family[(f, l)] for f in families) for l in loaders]
 
     matrix_runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for view in run_views:
         matrix_runs[(view["loader"], view["cell"])].append(view)
+    state_order = ("incomplete", "fail", "not tested", "known", "pass")
     matrix = []
     for loader in loaders:
         row = []
         for cell in cells:
             views = matrix_runs.get((loader, cell), [])
-            divs = sum(v["divergences"] for v in views)
-            tests = sum(v["failing_tests"] for v in views)
             outcomes: Counter[str] = Counter()
             for v in views:
                 outcomes.update(v["outcomes"])
-            row.append({"cell": cell, "runs": len(views), "divergences": divs, "tests": tests,
+            state = min((v["state"] for v in views), key=state_order.index, default="none")
+            row.append({"cell": cell, "runs": len(views),
+                        "divergences": sum(v["divergences"] for v in views),
+                        "tests": sum(v["failing_tests"] for v in views),
+                        "known": sum(v["known"] for v in views),
+                        "fixed": sum(len(v["fixed"]) for v in views),
                         "passed": outcomes.get("passed"), "failed": outcomes.get("failed"),
-                        "skipped": outcomes.get("skipped"),
-                        "state": "none" if not views else ("bad" if divs or outcomes.get("failed")
-                                                           else "ok")})
+                        "skipped": outcomes.get("skipped"), "label": state,
+                        "state": {"fail": "bad", "pass": "ok", "known": "known",
+                                  "none": "none"}.get(state, "untested")})
         matrix.append({"loader": loader, "cells": row})
 
-    severities = Counter(c["severity"] for c in cards)
+    severities = Counter(c["severity"] for c in failing)
+    fixed = _fixed(runs, run_views, previous)
+    statuses = Counter(c["status"] for c in cards)
     return {
         "title": title or ("loadcheck: " + (loaders[0] if len(loaders) == 1 else
                                             f"{len(loaders)} loaders" if loaders else "no runs")),
@@ -326,30 +391,32 @@ def report_context(runs: list[Run], title: str | None = None) -> dict[str, Any]:
         "cells": cells, "summary": summary, "loader_totals": loader_totals, "matrix": matrix,
         "family_counts": Counter(c["property"] for c in cards),
         "loader_counts": Counter(c["loader"] for c in cards),
-        "cell_counts": Counter(c["cell"] for c in cards),
+        "cell_counts": Counter(b["cell"] for c in cards for b in c["badges"]),
         "severities": [(s, severities[s]) for s in sorted(severities, key=_severity_rank)],
         "repeats": sum(c["repeats"] - 1 for c in cards),
+        "failing": len(failing), "known_count": statuses["known"],
+        "has_previous": previous is not None, "new_count": statuses["new"],
+        "still_count": statuses["still"], "fixed": fixed,
+        "new_cards": [c for c in failing if c["status"] in ("new", None)],
+        "incomplete": [r for r in run_views if r["state"] == "incomplete"],
     }
 
 
-def _outcome_counts(run: Run) -> dict[str, int]:
-    last: dict[str, str] = {}
-    for record in run.outcomes:
-        if record.get("test"):
-            last[str(record["test"])] = str(record.get("outcome"))
-    return dict(Counter(last.values()))
+def render_report(runs: list[Run], title: str | None = None, previous=None) -> str:
+    return _environment().get_template("report.html.j2").render(
+        **report_context(runs, title, previous))
 
 
-def render_report(runs: list[Run], title: str | None = None) -> str:
-    return _environment().get_template("report.html.j2").render(**report_context(runs, title))
-
-
-def build_report(paths: Iterable[str | Path], output: str | Path, title: str | None = None
-                 ) -> Path:
+def build_report(paths: Iterable[str | Path], output: str | Path, title: str | None = None,
+                 previous: str | Path | None = None) -> Path:
     """Read the records under `paths` (records-*.jsonl files, result directories, or folders
-    of result directories), render the report and write it to `output`; returns its path."""
+    of result directories), render the report and write it to `output` (and its history
+    file beside it); returns its path. `previous`: the previous night's results or history."""
     output = Path(output)
-    html = render_report(read_runs(paths), title)
+    runs = read_runs(paths)
+    before = previous_divergences(previous) if previous is not None else None
+    html = render_report(runs, title, before)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
+    write_history(output, runs, before[0] if before else None)
     return output

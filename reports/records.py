@@ -1,9 +1,10 @@
-"""Reading the suite's records (schema 1): run metadata lines and divergence lines.
+"""Reading the suite's records (schema 1): run metadata lines, divergence lines, known
+divergences (matched by a baseline), per-test outcomes, the baseline verdict and the end line.
 
-`read_records` returns every record, flat. `read_runs` groups them by run: a divergence
-belongs to the run whose metadata line last preceded it in the same file (each process, the
-xdist controller and every worker, writes its own file, starting with its run line), and the
-files of one results directory whose run lines agree (time aside) are one run."""
+`read_records` returns every record, flat. `read_runs` groups them by run: a record belongs
+to the run whose metadata line last preceded it in the same file (each process, the xdist
+controller and every worker, writes its own file, starting with its run line), and the files
+of one results directory whose run lines agree (time aside; the run id included) are one run."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ SUPPORTED_SCHEMAS = {1}
 
 # The run-line fields that say which run it is; `time` differs between the xdist controller
 # and its workers, so it is not one of them.
-RUN_IDENTITY = ("loader", "loader_version", "device", "profile", "seed", "torch",
+RUN_IDENTITY = ("run_id", "loader", "loader_version", "device", "profile", "seed", "torch",
                 "hypothesis", "python", "revision")
 
 
@@ -28,6 +29,8 @@ class Records:
     divergences: list[dict[str, Any]] = field(default_factory=list)
     # Per-test outcome lines ({"type": "outcome", "test", "outcome"}), when the suite writes them.
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    known: list[dict[str, Any]] = field(default_factory=list)     # matched by the baseline
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # the baseline's account
 
 
 @dataclass
@@ -39,6 +42,14 @@ class Run:
     files: list[str] = field(default_factory=list)
     divergences: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    known: list[dict[str, Any]] = field(default_factory=list)
+    verdict: dict[str, Any] | None = None   # the baseline's account, when run with one
+    end: dict[str, Any] | None = None       # the controller's last line: the run finished
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether the run finished; None for records older than end lines (no run id)."""
+        return True if self.end is not None else (False if self.meta.get("run_id") else None)
 
     @property
     def loader(self) -> str:
@@ -93,7 +104,11 @@ def read_records(paths: Iterable[str | Path]) -> Records:
                 records.runs.append(record)
             elif kind == "outcome":
                 records.outcomes.append(record)
-            else:
+            elif kind == "known":
+                records.known.append(record)
+            elif kind == "baseline":
+                records.verdicts.append(record)
+            elif kind != "end":
                 records.divergences.append(record)
     return records
 
@@ -125,7 +140,16 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
                 run = _run_for(runs, directory, {"loader": record.get("loader")})
                 if str(path) not in run.files:
                     run.files.append(str(path))
-            (run.outcomes if kind == "outcome" else run.divergences).append(record)
+            if kind == "outcome":
+                run.outcomes.append(record)
+            elif kind == "known":
+                run.known.append(record)
+            elif kind == "baseline":
+                run.verdict = record
+            elif kind == "end":
+                run.end = record
+            else:
+                run.divergences.append(record)
     for run in runs.values():
         run.divergences = final_divergences(run.divergences)
     return list(runs.values())

@@ -1,0 +1,166 @@
+"""Baselines from a run's records, and the findings tables generated from baselines.
+
+`entries_from_runs` turns every failure a run recorded into an entry (one per test, one
+match per distinct divergence: kind, subject as a pattern, error families), skipping what
+an existing baseline already knows, so `write --merge` grows a baseline without touching
+the entries a maintainer has reviewed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import Baseline, Entry, Match, divergence_key, short_test
+
+__all__ = ["entries_from_runs", "extend_from_run", "dumps", "findings_table", "update_findings",
+           "BLOCK_BEGIN", "BLOCK_END"]
+
+
+def _seen(meta: dict[str, Any]) -> str:
+    return (f"{meta.get('loader') or '?'} {meta.get('loader_version') or '?'} / "
+            f"torch {meta.get('torch') or '?'} / {meta.get('device') or '?'}")
+
+
+def _common_pattern(subjects: list[str]) -> str:
+    """One pattern for several subjects of one kind: their common prefix and suffix around
+    a `*` ('model.layers.*.self_attn.q_proj.weight' and '...mlp.down_proj.weight' ->
+    'model.layers.*.*_proj.weight')."""
+    if len(set(subjects)) == 1:
+        return subjects[0]
+    prefix = subjects[0]
+    for s in subjects[1:]:
+        while not s.startswith(prefix):
+            prefix = prefix[:-1]
+    suffix = subjects[0]
+    for s in subjects[1:]:
+        while not s.endswith(suffix):
+            suffix = suffix[1:]
+    suffix = suffix[max(0, len(prefix) + len(suffix) - min(map(len, subjects))):]
+    return (prefix + "*" + suffix).replace("**", "*")
+
+
+def _collapse(keys: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Matches that differ only in their subject become one (the same bug met in several
+    tensors of one example)."""
+    groups: dict[tuple, list[str]] = {}
+    for key in keys:
+        rest = tuple(sorted((k, v) for k, v in key.items() if k != "subject"))
+        groups.setdefault(rest, []).append(key["subject"])
+    return [{**dict(rest), "subject": _common_pattern(subjects)}
+            for rest, subjects in groups.items()]
+
+
+def _headline(divergence: dict[str, Any]) -> str:
+    text = str(divergence.get("message") or "").splitlines()[0] if divergence.get("message") else ""
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _prefix(baseline: Baseline, loader: str) -> str:
+    for entry in baseline.entries:
+        match = re.match(r"[A-Za-z]+", entry.id)
+        if match:
+            return match.group(0)
+    name = re.split(r"[.:]", loader)[-1]  # 'tests.mutants.p12_x' -> 'p12_x'
+    return (re.sub(r"[^A-Za-z]", "", name)[:1] or "K").upper()
+
+
+def _next_id(prefix: str, taken: set[str]) -> str:
+    number = 1
+    while f"{prefix}{number}" in taken:
+        number += 1
+    taken.add(f"{prefix}{number}")
+    return f"{prefix}{number}"
+
+
+def entries_from_runs(runs: Iterable[Any], baseline: Baseline, prefix: str | None = None
+                      ) -> list[Entry]:
+    """New entries for every recorded divergence of `runs` (reports.records.Run objects)
+    that no entry of `baseline` knows. One entry per test; its matches are the distinct
+    divergence keys; its summary the first divergence's headline."""
+    new: dict[str, tuple[list[dict[str, str]], str, set[str]]] = {}
+    runs = list(runs)
+    loader = baseline.loader or (runs[0].loader if runs else "")
+    prefix = prefix or _prefix(baseline, loader)
+    for run in runs:
+        for record in run.divergences:
+            test = str(record.get("test") or "")
+            items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
+            items = baseline.split(test, items)[1]
+            if not items:
+                continue
+            keys, summary, seen = new.setdefault(short_test(test), ([], _headline(items[0]), set()))
+            seen.add(_seen(run.meta))
+            for item in items:
+                key = divergence_key(item)
+                if key not in keys:
+                    keys.append(key)
+    taken = {e.id for e in baseline.entries}
+    return [Entry(id=_next_id(prefix, taken), test=test,
+                  matches=tuple(Match(**k) for k in _collapse(keys)), summary=summary,
+                  seen=tuple(sorted(seen)))
+            for test, (keys, summary, seen) in sorted(new.items())]
+
+
+def extend_from_run(baseline: Baseline, records) -> str:
+    """--baseline-write at the end of a run: add an entry for each test whose divergences
+    the baseline does not know (from this run's records), write the file, say what changed."""
+    from reports.records import read_runs
+    runs = [r for r in read_runs([records.directory]) if r.meta.get("run_id") == records.run_id]
+    added = entries_from_runs(runs, baseline)
+    baseline.entries += added
+    baseline.path.parent.mkdir(parents=True, exist_ok=True)
+    baseline.path.write_text(dumps(baseline), encoding="utf-8")
+    return (f"loadcheck baseline written: {baseline.path}: {len(added)} new entr"
+            f"{'y' if len(added) == 1 else 'ies'} ({', '.join(e.id for e in added) or '-'}), "
+            f"{len(baseline.entries)} in all; review each entry's summary, class and upstream "
+            f"link, then gate with --baseline {baseline.path}")
+
+
+def dumps(baseline: Baseline) -> str:
+    import tomli_w
+    header = ("# loadcheck baseline: known divergences of this loader (see `python -m "
+              "conformance.baseline --help`).\n# class: bug | declared | ours. Review each "
+              "entry's summary, class and upstream link.\n\n")
+    return header + tomli_w.dumps(baseline.to_dict())
+
+
+BLOCK_BEGIN = "<!-- baseline {name}: generated by `python -m conformance.baseline findings`; edit the baseline, not this table -->"
+BLOCK_END = "<!-- end of baseline {name} -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def findings_table(baseline: Baseline, name: str) -> str:
+    """The Markdown table of a baseline's entries, as the findings pages show it."""
+    lines = [f"Known divergences of `{baseline.loader or name}` "
+             f"(`conformance/baselines/{name}`, {len(baseline.entries)} entries; run with "
+             f"`--baseline {name.removesuffix('.toml')}`):", "",
+             "| id | class | property test | what diverges | upstream | seen on |",
+             "|---|---|---|---|---|---|"]
+    for e in baseline.entries:
+        what = "; ".join(" ".join(f"{k}={v}" for k, v in m.to_dict().items()) for m in e.matches)
+        lines.append(f"| {e.id} | {e.klass} | `{_cell(e.test)}` | "
+                     f"{_cell(e.summary) + ' — ' if e.summary else ''}<sub>{_cell(what)}</sub> | "
+                     f"{_cell(e.upstream) or '-'} | {_cell(', '.join(e.seen)) or '-'} |")
+    return "\n".join(lines)
+
+
+def update_findings(text: str, baselines: dict[str, Baseline]) -> tuple[str, list[str]]:
+    """Regenerate every marked block of a findings page; returns the new text and the names
+    of the baselines whose blocks it holds."""
+    found = []
+    for name, baseline in baselines.items():
+        begin, end = BLOCK_BEGIN.format(name=name), BLOCK_END.format(name=name)
+        start = text.find(begin)
+        if start < 0:
+            continue
+        stop = text.find(end, start)
+        if stop < 0:
+            raise ValueError(f"the block of baseline {name} has no end marker {end!r}")
+        text = (text[:start] + begin + "\n\n" + findings_table(baseline, name) + "\n\n"
+                + text[stop:])
+        found.append(name)
+    return text, found
