@@ -184,7 +184,8 @@ def pytest_configure(config: pytest.Config) -> None:
                         baseline_write=config.getoption("--baseline-write") is not None))
     config._loadcheck_metadata = run_metadata(
         loader=name, loader_version=str(candidate.version), device=device, profile=profile,
-        seed=seed, baseline=str(baseline.path) if baseline else None)
+        seed=seed, baseline=str(baseline.path) if baseline else None,
+        records=records.directory)
     config._loadcheck_replaced = []
     if _controller(config) and worker == "main":
         config._loadcheck_replaced = replace_cell(records.directory,

@@ -99,13 +99,16 @@ def replace_cell(directory: Path, meta: dict[str, Any], run_id: str) -> list[str
 
 
 def run_metadata(*, loader: str, loader_version: str, device: str, profile: str,
-                 seed: int | None, baseline: str | None = None) -> dict[str, Any]:
+                 seed: int | None, baseline: str | None = None,
+                 records: Path | None = None) -> dict[str, Any]:
     import hypothesis
     import torch
     return {"type": "run", "loader": loader, "loader_version": loader_version,
             "device": device, "profile": profile, "seed": seed, "torch": torch.__version__,
             "hypothesis": hypothesis.__version__, "python": platform.python_version(),
             "revision": _git_revision(), "baseline": baseline,
+            # where the run wrote: a report finds repro checkpoints wherever the directory went
+            "records": str(records) if records is not None else None,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -109,6 +110,7 @@ def _run_view(index: int, run: Run, divergences: int, tests: int) -> dict[str, A
         "state": run_state(run), "known": len({k.get("entry") for k in run.known}),
         "fixed": sorted((run.verdict or {}).get("fixed") or []),
         "baseline": str(meta.get("baseline") or ""),
+        "written_at": str(meta.get("records") or ""),
     }
 
 
@@ -230,6 +232,15 @@ def _short(value: Any, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
+def _relocated(path: str, run: dict[str, Any]) -> str:
+    """A path the run wrote (a repro checkpoint), where it is now: under the directory the
+    report read the run's records from (a downloaded artifact, a copied results folder)."""
+    written = run.get("written_at")
+    if path and written and (path == written or path.startswith(written.rstrip("/") + "/")):
+        return str(Path(run["directory"]) / Path(path).relative_to(written))
+    return path
+
+
 def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats: int,
                badges: list[dict[str, Any]], status: str | None, since: str | None
                ) -> dict[str, Any]:
@@ -247,8 +258,11 @@ def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats:
         "checkpoint": str(record.get("checkpoint") or ""),
         "options": str(record.get("options") or ""),
         "examples": record.get("examples_before_failure"), "rerun": str(record.get("rerun") or ""),
-        "repro": str(record.get("repro_checkpoint") or ""), "repeats": repeats,
-        "repro_command": str(record.get("repro_command") or ""),
+        "repro": _relocated(str(record.get("repro_checkpoint") or ""), run),
+        "repeats": repeats,
+        "repro_command": str(record.get("repro_command") or "").replace(
+            str(record.get("repro_checkpoint") or "\0"),
+            _relocated(str(record.get("repro_checkpoint") or ""), run)),
         "unshrunk": record.get("stage") == "first",
         "diffs": [_item_view(d) for d in full], "rows": [_row_view(d) for d in rows],
         "total_items": len(items),
@@ -318,9 +332,10 @@ def _fixed(runs: list[Run], run_views: list[dict[str, Any]],
 
 
 def report_context(runs: list[Run], title: str | None = None,
-                   previous: tuple[dict[Key, dict[str, Any]], set] | None = None
-                   ) -> dict[str, Any]:
-    """Everything the template shows, as plain data."""
+                   previous: tuple[dict[Key, dict[str, Any]], set] | None = None,
+                   base: Path | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data. `base`: the folder the page will be
+    written to, which its links to repro checkpoints are relative to."""
     run_views = []
     for number, run in enumerate(runs, 1):
         unique = {_dedup_key(r) for r in run.divergences}
@@ -336,6 +351,9 @@ def report_context(runs: list[Run], title: str | None = None,
     cards = [_card_view(i, g["record"], g["view"], g["repeats"], g["badges"], g["status"],
                         g["since"]) for i, g in enumerate(groups, 1)]
     failing = [c for c in cards if c["status"] != "known"]
+    for card in cards:
+        card["repro_href"] = (os.path.relpath(card["repro"], base) if card["repro"] and base
+                              else card["repro"])
 
     loaders = sorted({r["loader"] for r in run_views} | {c["loader"] for c in cards})
     families = sorted({c["property"] for c in cards}, key=_family_key)
@@ -402,9 +420,10 @@ def report_context(runs: list[Run], title: str | None = None,
     }
 
 
-def render_report(runs: list[Run], title: str | None = None, previous=None) -> str:
+def render_report(runs: list[Run], title: str | None = None, previous=None,
+                  base: Path | None = None) -> str:
     return _environment().get_template("report.html.j2").render(
-        **report_context(runs, title, previous))
+        **report_context(runs, title, previous, base))
 
 
 def build_report(paths: Iterable[str | Path], output: str | Path, title: str | None = None,
@@ -415,7 +434,7 @@ def build_report(paths: Iterable[str | Path], output: str | Path, title: str | N
     output = Path(output)
     runs = read_runs(paths)
     before = previous_divergences(previous) if previous is not None else None
-    html = render_report(runs, title, before)
+    html = render_report(runs, title, before, output.absolute().parent)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     write_history(output, runs, before[0] if before else None)
