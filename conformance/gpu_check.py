@@ -10,7 +10,8 @@ the next step runs. The sum of the budgets bounds the whole check.
 
 Everything lands under one folder (`--out`, else LOADCHECK_GPU_OUT, else results/gpu-check):
 `environment.json`, `check.json` (the steps as they finish), `logs/<step>.log`,
-`records/<step>/`, `junit/<step>.xml`, `bench/offload_copy.json`, `report.html`, and the
+`records/<step>/`, `junit/<step>.xml`, `outcomes/<step>.jsonl` (each test's outcome as it
+finishes: conformance/outcome_log.py), `bench/offload_copy.json`, `report.html`, and the
 one-page `SUMMARY.md` with its `summary.json` (conformance/gpu_summary.py).
 `--dry-run` prints every step's command and budget, and checks the imports, for free.
 `--device cpu` rehearses every step on the CPU (no CUDA figures).
@@ -160,7 +161,8 @@ def plan(out: Path, *, device: str, python: str, workers: int, xdist: bool, benc
 
     def pytest(name: str, *selection: str, parallel: int = 1) -> tuple[str, ...]:
         argv = [python, "-m", "pytest", *selection, "-p", "no:cacheprovider", "-q", "-rfE",
-                f"--junitxml={junit / (name + '.xml')}"]
+                f"--junitxml={junit / (name + '.xml')}", "-p", "conformance.outcome_log",
+                f"--outcome-log={out / 'outcomes' / (name + '.jsonl')}"]
         if xdist and parallel > 1:
             argv += ["-n", str(parallel), "--dist", "worksteal"]
         return tuple(argv)
@@ -225,21 +227,25 @@ def run_step(step: Step, log: Path, env: dict[str, str]) -> dict:
 
 
 def _interrupt(proc: subprocess.Popen) -> int:
-    """SIGINT to the step's process group (pytest still writes its reports), then SIGKILL."""
-    for sig, wait in ((signal.SIGINT, GRACE_S), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.wait()
+    """SIGINT to the step's own process (pytest, and xdist's controller, then write their
+    reports of the tests that finished), SIGKILL to its whole group after the grace period
+    (xdist workers and the mutants' nested runs included)."""
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        returncode = proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    except ProcessLookupError:
+        returncode = proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.wait() if returncode is None else returncode
 
 
-_OURS = {"environment.json", "check.json", "logs", "records", "junit", "bench", "report.html",
-         "SUMMARY.md", "summary.json"}
+_OURS = {"environment.json", "check.json", "logs", "records", "junit", "outcomes", "bench",
+         "report.html", "SUMMARY.md", "summary.json"}
 
 
 def _prepare(out: Path) -> str | None:
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_all(steps: list[Step], out: Path, device: str, env: dict[str, str],
              started: float) -> int:
-    from .gpu_summary import write_summary
+    from .gpu_summary import render, write_summary
     done: list[dict] = []
     for number, step in enumerate(steps, 1):
         result = run_step(step, out / "logs" / f"{step.name}.log", env)
@@ -381,10 +387,10 @@ def _run_all(steps: list[Step], out: Path, device: str, env: dict[str, str],
         print(f"[{number}/{len(steps)}] {step.name}: {verdict} in {result['wall_s']:.0f} s "
               f"(budget {step.budget_s} s); log {result['log']}", flush=True)
     _write_check(out, started, device, done)
-    summary_path, failed = write_summary(out)
+    summary = write_summary(out)
     print()
-    print(summary_path.read_text(encoding="utf-8"))
-    return 1 if failed else 0
+    print(render(summary, every_test=False))
+    return 1 if summary["failed_steps"] else 0
 
 
 def _write_check(out: Path, started: float, device: str, steps: list[dict]) -> None:

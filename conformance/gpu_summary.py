@@ -1,6 +1,7 @@
 """The one-page summary of a `./run gpu-check` folder (conformance/gpu_check.py), built from
 what the steps wrote, never from their terminal text: `check.json` (each step's exit,
-time and budget), pytest's JUnit XML per step, the records per step (through
+time and budget), pytest's JUnit XML per step (or, for a step interrupted before pytest
+wrote it, the outcome log of conformance/outcome_log.py), the records per step (through
 `reports.records`), the FP8 figures beside them (`conformance.figures`) and the offload
 copy benchmark's JSON (pytest-benchmark's shape).
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from reports.records import final_divergences, read_records
 from .figures import read_figures
+from .outcome_log import read_outcome_log
 
 __all__ = ["junit_cases", "test_key", "step_tests", "fp8_figures", "copy_figures",
            "build_summary", "render", "write_summary"]
@@ -63,21 +65,26 @@ def junit_cases(path: Path) -> dict[str, dict[str, Any]]:
     return cases
 
 
-def step_tests(junit: Path, records: Path | None) -> list[dict[str, Any]]:
-    """Every test of one step: JUnit's outcome and time where pytest wrote the file, else
-    the outcome lines of the records (a step interrupted at its budget); a failing test
-    carries its first divergence's property and headline from the records."""
-    cases = junit_cases(junit)
-    recorded: dict[str, str] = {}
+def step_tests(junit: Path, outcome_log: Path | None = None,
+               records: Path | None = None) -> list[dict[str, Any]]:
+    """Every test of one step: JUnit's outcome and time where pytest wrote the file; for a
+    step interrupted at its budget, the outcome log's lines, else the records' outcome lines.
+    A failing test carries its first divergence's property and headline from the records."""
+    cases: dict[str, dict[str, Any]] = {}
     divergences: dict[str, dict] = {}
     if records is not None and records.is_dir():
         found = read_records([records])
-        recorded = {test_key(o["test"]): o["outcome"] for o in found.outcomes}
+        cases = {test_key(o["test"]): {"outcome": o["outcome"], "time": None, "message": ""}
+                 for o in found.outcomes}
         for d in final_divergences(found.divergences):
             divergences.setdefault(test_key(d["test"]), d)
+    if outcome_log is not None:
+        cases.update({test_key(n): {"outcome": o["outcome"], "time": o.get("duration"),
+                                    "message": _first_line(o.get("message"))}
+                      for n, o in read_outcome_log(outcome_log).items()})
+    cases.update(junit_cases(junit))
     tests = []
-    for key in list(cases) + [k for k in recorded if k not in cases]:
-        case = cases.get(key) or {"outcome": recorded[key], "time": None, "message": ""}
+    for key, case in cases.items():
         note = case["message"]
         d = divergences.get(key)
         if d is not None and case["outcome"] in ("failed", "error"):
@@ -133,8 +140,8 @@ def build_summary(out: Path) -> dict[str, Any]:
     steps = []
     for step in check.get("steps", []):
         name = step["name"]
-        records = out / "records" / name
-        tests = step_tests(out / "junit" / f"{name}.xml", records if records.is_dir() else None)
+        tests = step_tests(out / "junit" / f"{name}.xml", out / "outcomes" / f"{name}.jsonl",
+                           out / "records" / name)
         counts = {o: sum(t["outcome"] == o for t in tests)
                   for o in ("passed", "failed", "error", "skipped")}
         ok = step["returncode"] == 0 and not step["timed_out"]
@@ -204,7 +211,8 @@ def _copy_lines(summary: dict) -> list[str]:
     return lines
 
 
-def render(summary: dict) -> str:
+def render(summary: dict, every_test: bool = True) -> str:
+    """The page; `every_test=False` lists only the tests that did not pass (the terminal)."""
     env = summary["environment"]
     if env.get("gpu"):
         machine = (f"{env['gpu']} ({env.get('capability')}, {env.get('gpu_memory_gib')} GiB"
@@ -229,9 +237,12 @@ def render(summary: dict) -> str:
                      f"{c['passed']} | {c['failed'] + c['error']} | {c['skipped']} |")
     lines += ["", "## FP8 on CUDA against the CPU reference", *_fp8_lines(summary),
               "", "## Host → device copies", *_copy_lines(summary),
-              "", "## Tests", "", "| step | test | outcome | s | note |", "|---|---|---|---|---|"]
+              "", "## Tests" + ("" if every_test else " that did not pass (every test: "
+                                 "SUMMARY.md)"),
+              "", "| step | test | outcome | s | note |", "|---|---|---|---|---|"]
     for s in summary["steps"]:
-        for t in sorted(s["tests"], key=lambda t: t["outcome"] == "passed"):
+        shown = s["tests"] if every_test else [t for t in s["tests"] if t["outcome"] != "passed"]
+        for t in sorted(shown, key=lambda t: t["outcome"] == "passed"):
             time = f"{t['time']:.1f}" if t["time"] is not None else "-"
             outcome = t["outcome"] if t["outcome"] in ("passed", "skipped") else \
                 f"**{t['outcome']}**"
@@ -240,13 +251,12 @@ def render(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path) -> tuple[Path, bool]:
-    """SUMMARY.md and summary.json in `out`; the markdown's path and whether a step failed."""
+def write_summary(out: Path) -> dict[str, Any]:
+    """SUMMARY.md and summary.json in `out`; the summary."""
     summary = build_summary(Path(out))
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    path = Path(out) / "SUMMARY.md"
-    path.write_text(render(summary), encoding="utf-8")
-    return path, bool(summary["failed_steps"])
+    (Path(out) / "SUMMARY.md").write_text(render(summary), encoding="utf-8")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not Path(args[0]).is_dir():
         print("usage: python -m conformance.gpu_summary GPU_CHECK_DIR", file=sys.stderr)
         return 2
-    path, failed = write_summary(Path(args[0]))
-    print(path.read_text(encoding="utf-8"))
-    return 1 if failed else 0
+    summary = write_summary(Path(args[0]))
+    print(render(summary, every_test=False))
+    return 1 if summary["failed_steps"] else 0
 
 
 if __name__ == "__main__":

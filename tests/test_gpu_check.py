@@ -17,6 +17,7 @@ import torch
 from conformance import gpu_check
 from conformance.gpu_check import (BUDGETS, OPTIONAL, REQUIRED, Step, missing_dependencies,
                                    mutants_on_device, plan, run_step)
+from conformance.gpu_summary import step_tests
 from tests.mutants import MUTANTS
 from tests.mutation import ROOT
 
@@ -137,6 +138,39 @@ def test_a_step_over_budget_is_interrupted_and_reported(tmp_path: Path, monkeypa
     quick = run_step(Step("quick", "exits", (sys.executable, "-c", "raise SystemExit(5)"), 30),
                      tmp_path / "logs" / "quick.log", dict(os.environ))
     assert (quick["timed_out"], quick["returncode"]) == (False, 5)
+
+
+SAMPLE = """
+import time, pytest
+def test_quick():
+    pass
+def test_skipped():
+    pytest.skip("not on this machine")
+def test_fails():
+    assert 1 == 2, "one is not two"
+def test_hangs():
+    time.sleep(600)
+"""
+
+
+def test_an_interrupted_xdist_step_still_says_which_tests_finished(tmp_path: Path, monkeypatch):
+    """xdist's controller writes no JUnit XML when interrupted: the outcome log
+    (conformance/outcome_log.py) keeps every finished test, and the summary reads it."""
+    (tmp_path / "test_sample.py").write_text(SAMPLE)
+    monkeypatch.setattr(gpu_check, "GRACE_S", 2)
+    log, junit = tmp_path / "outcomes" / "sample.jsonl", tmp_path / "junit" / "sample.xml"
+    step = Step("sample", "a hung test among others", (
+        sys.executable, "-m", "pytest", str(tmp_path / "test_sample.py"), "-p", "no:cacheprovider",
+        "-n", "2", "-p", "conformance.outcome_log", f"--outcome-log={log}", f"--junitxml={junit}"),
+        budget_s=40)
+    result = run_step(step, tmp_path / "logs" / "sample.log", gpu_check._step_env(False))
+    assert result["timed_out"], (tmp_path / "logs" / "sample.log").read_text()
+    tests = {t["test"]: t for t in step_tests(junit, log)}
+    assert {k: t["outcome"] for k, t in tests.items()} == {
+        "test_sample.py::test_quick": "passed", "test_sample.py::test_skipped": "skipped",
+        "test_sample.py::test_fails": "failed"}, (tmp_path / "logs" / "sample.log").read_text()
+    assert tests["test_sample.py::test_skipped"]["note"] == "not on this machine"
+    assert "one is not two" in tests["test_sample.py::test_fails"]["note"]
 
 
 def test_an_out_folder_of_something_else_is_refused(tmp_path: Path):
