@@ -101,6 +101,12 @@ def test_the_plan_without_xdist_or_pytest_benchmark(tmp_path: Path):
                                           str(tmp_path / "bench" / "offload_copy.json"))
     assert "tests/test_mutants.py::test_mutant_is_caught[p9_offload_does_nothing]" in \
         steps["mutants"].argv
+    parallel = {s.name: s for s in plan(tmp_path, device="cuda", python="p", workers=8,
+                                        xdist=True, benchmark=True, mutants=list(MUTANTS[:18]))}
+    def workers(step: Step) -> str:
+        return step.argv[step.argv.index("-n") + 1]
+    assert (workers(parallel["conformance"]), workers(parallel["mutants"])) == ("8", "16")
+    assert parallel["mutants"].env == {"LOADCHECK_MUTANT_DEVICE": "cuda", "OMP_NUM_THREADS": "1"}
     # no mutant named: no step (a bare `pytest` would run every test of tests/)
     assert "mutants" not in [s.name for s in plan(tmp_path, device="cuda", python="p", workers=1,
                                                   xdist=True, benchmark=True, mutants=[])]
