@@ -175,14 +175,18 @@ def _skip_reason(summary: dict, step: str) -> str:
     return f"step {step} did not run"
 
 
+def _n(count: float, word: str) -> str:
+    return f"{count:,g} {word}" + ("" if count == 1 else "s")
+
+
 def _fp8_lines(summary: dict) -> list[str]:
     fp8 = summary["fp8"]
     if not fp8 or not fp8["examples"]:
         return [f"- not measured: {_skip_reason(summary, 'fp8_cuda')}"]
     exact = "exact" if fp8["codes_differing"] == 0 else \
-        f"**{fp8['codes_differing']:,} differ**, at most {fp8['max_steps_apart']:g} code steps apart"
+        f"**{fp8['codes_differing']:,} differ**, at most {_n(fp8['max_steps_apart'], 'code step')} apart"
     lines = [f"- codes: {fp8['codes']:,} codes of {fp8['matrices']:,} quantized matrices in "
-             f"{fp8['examples']} examples, GPU vs CPU reference: {exact}",
+             f"{_n(fp8['examples'], 'example')}, GPU vs CPU reference: {exact}",
              f"- scales: {fp8['scales']:,} compared, " + (
                  "all equal (bit for bit)" if fp8["scales_differing"] == 0 else
                  f"**{fp8['scales_differing']:,} differ**")]
@@ -193,7 +197,10 @@ def _fp8_lines(summary: dict) -> list[str]:
                      f"{fp8['max_abs_error']:.3g}): " + (
                          "within" if ratio <= 1 else "**beyond the tolerance**"))
     else:
-        lines.append("- torch._scaled_mm: no matmul was checked")
+        step = next((s for s in summary["steps"] if s["name"] == "fp8_cuda"), {"tests": []})
+        why = next((t["note"] for t in step["tests"] if "scaled_mm" in t["test"]
+                    and t["outcome"] != "passed"), "") or "no per-tensor quantized linear drawn"
+        lines.append(f"- torch._scaled_mm: not checked: {why}")
     return lines
 
 
@@ -216,7 +223,8 @@ def render(summary: dict, every_test: bool = True) -> str:
     env = summary["environment"]
     if env.get("gpu"):
         machine = (f"{env['gpu']} ({env.get('capability')}, {env.get('gpu_memory_gib')} GiB"
-                   + (f", driver {env['driver']}" if env.get("driver") else "") + ")")
+                   + (f", driver {env['driver']}" if env.get("driver") else "")
+                   + ("" if env.get("fp8_scaled_mm", True) else ", no FP8 _scaled_mm") + ")")
     else:
         machine = env.get("rehearsal") and f"no GPU: {env['rehearsal']}" or "unknown machine"
     failed = summary["failed_steps"]

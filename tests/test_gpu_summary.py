@@ -147,7 +147,7 @@ def test_rendered_page_says_every_figure(tmp_path: Path):
         "| offload | TIMED OUT | 60 / 50 s | 1 | 0 | 0 |",
         "| mutants | exit 1 | 75 / 90 s | 1 | 1 | 0 |",
         "- codes: 3,500 codes of 21 quantized matrices in 2 examples, GPU vs CPU reference: "
-        "**5 differ**, at most 1 code steps apart",
+        "**5 differ**, at most 1 code step apart",
         "- scales: 21 compared, **1 differ**",
         "- torch._scaled_mm: 3 matmuls; worst error 0.5 of the FP8 tolerance (max abs error "
         "2e-05): within",
@@ -186,6 +186,33 @@ def test_nothing_measured_says_why(tmp_path: Path):
     assert "- not measured: run with --device cuda" in page
     assert "- not measured: no CUDA device: the offload copy benchmark needs one" in page
     assert json.loads((out / "summary.json").read_text())["verdict"] == "PASSED"
+
+
+def test_codes_compared_but_no_matmul_says_why(tmp_path: Path):
+    """A GPU whose torch has no FP8 _scaled_mm: the codes are compared, the matmul test
+    skips, and the page says so rather than reporting a check that never ran."""
+    out = tmp_path / "check"
+    (out / "junit").mkdir(parents=True)
+    (out / "environment.json").write_text(json.dumps({**H200, "capability": "sm_80",
+                                                      "fp8_scaled_mm": False}))
+    (out / "check.json").write_text(json.dumps({"device": "cuda", "wall_s": 30.0,
+                                                "steps": [_step("fp8_cuda", 25.0, 60)]}))
+    (out / "junit" / "fp8_cuda.xml").write_text(
+        '<testsuites><testsuite><testcase classname="conformance.test_fp8_cuda" '
+        'name="test_cuda_codes_match_cpu_reference" time="20"/><testcase '
+        'classname="conformance.test_fp8_cuda" name="test_scaled_mm_matches_dequantized_matmul" '
+        'time="0.1"><skipped message="run with --device cuda (torch._scaled_mm)"/></testcase>'
+        '</testsuite></testsuites>')
+    write_figure(out / "records" / "fp8_cuda", "fp8_cuda_codes", {
+        "matrices": 7, "codes": 700, "codes_differing": 0, "max_steps_apart": 0.0, "scales": 7,
+        "scales_differing": 0})
+    page = render(build_summary(out))
+    assert "NVIDIA H200 (sm_80, 139.8 GiB, driver 570.124.06, no FP8 _scaled_mm)" in page
+    assert "- codes: 700 codes of 7 quantized matrices in 1 example, GPU vs CPU reference: exact" \
+        in page.splitlines()
+    assert "- scales: 7 compared, all equal (bit for bit)" in page.splitlines()
+    assert "- torch._scaled_mm: not checked: run with --device cuda (torch._scaled_mm)" in \
+        page.splitlines()
 
 
 def test_a_cut_or_missing_input_is_not_a_crash(tmp_path: Path):
