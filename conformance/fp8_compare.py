@@ -20,7 +20,8 @@ from reference.names import FUSED_PROJECTIONS
 from .compare import Divergence, compare_tensor
 
 __all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences",
-           "round_trip_divergences", "codes_within_one_step", "fp8_matmul_tolerance", "scaled_mm_divergences"]
+           "round_trip_divergences", "codes_within_one_step", "code_agreement", "fp8_matmul_tolerance",
+           "scaled_mm_divergences"]
 
 
 def slot_of(weight: str) -> str:
@@ -181,6 +182,35 @@ def codes_within_one_step(expected: dict[str, torch.Tensor], found: dict[str, to
     return out
 
 
+def code_agreement(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                   spec: ModelSpec) -> dict[str, float]:
+    """How far the candidate's FP8 codes and scales are from the reference's, counted over
+    every quantized weight both hold as FP8 of one shape: codes compared and differing (as
+    bytes), the largest distance in code steps, scales compared and differing (as bits)."""
+    figures = {"matrices": 0, "codes": 0, "codes_differing": 0, "max_steps_apart": 0.0,
+               "scales": 0, "scales_differing": 0}
+    for name in spec.quantized_weights():
+        want, got = expected.get(name), found.get(name)
+        if want is None or got is None or got.dtype not in FP8_DTYPES or got.shape != want.shape:
+            continue
+        want, got = want.cpu(), got.cpu()
+        differ = want.view(torch.uint8) != got.view(torch.uint8)
+        figures["matrices"] += 1
+        figures["codes"] += want.numel()
+        figures["codes_differing"] += int(differ.sum())
+        if bool(differ.any()):
+            apart = ((got.float() - want.float()).abs() / code_step(want))[differ]
+            steps = float(apart.nan_to_num(float("inf")).max())
+            figures["max_steps_apart"] = max(figures["max_steps_apart"], steps)
+        want_s, got_s = expected.get(scale_name(name)), found.get(scale_name(name))
+        if want_s is not None and got_s is not None and got_s.shape == want_s.shape:
+            want_s, got_s = want_s.cpu().float(), got_s.cpu().float()
+            figures["scales"] += want_s.numel()
+            figures["scales_differing"] += int((want_s.view(torch.int32)
+                                                != got_s.view(torch.int32)).sum())
+    return figures
+
+
 def fp8_matmul_tolerance(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Elementwise bound for `x @ w.T` computed by an FP8 kernel from exactly these
     (dequantized) operands: float32 accumulation of K products, each rounded once, plus
@@ -199,11 +229,13 @@ def _pad16(t: torch.Tensor) -> torch.Tensor:
 
 def scaled_mm_divergences(found: Mapping[str, torch.Tensor],
                           expected: Mapping[str, torch.Tensor], spec: ModelSpec, device: str,
-                          tokens: int, one_step: bool = False) -> list[Divergence]:
+                          tokens: int, one_step: bool = False,
+                          figures: list[dict] | None = None) -> list[Divergence]:
     """Every per-tensor quantized linear of the candidate's `found` state through
     `torch._scaled_mm` on `device` (activations quantized per tensor) against the float64
     matmul with the *reference's* dequantized weight, within `fp8_matmul_tolerance` (plus
-    one code step per weight where the loader declares `one_step`)."""
+    one code step per weight where the loader declares `one_step`). `figures`, if given,
+    receives each matmul's largest error and largest error / tolerance."""
     out = []
     for name in spec.quantized_weights():
         codes, scale = found.get(name), found.get(scale_name(name))
@@ -221,7 +253,13 @@ def scaled_mm_divergences(found: Mapping[str, torch.Tensor],
         if one_step:
             step = code_step(expected[name].cpu()) * expected[scale_name(name)].cpu().float()
             bound = bound + x_dq.abs().double() @ step.double().T
-        excess = (result.double() - x_dq.double() @ w_dq.double().T).abs() - bound
+        error = (result.double() - x_dq.double() @ w_dq.double().T).abs()
+        excess = error - bound
+        if figures is not None:
+            figures.append({"weight": name,
+                            "max_abs_error": float(error.nan_to_num(float("inf")).max()),
+                            "max_error_over_tolerance": float(
+                                (error / bound).nan_to_num(float("inf")).max())})
         if bool((excess > 0).any()) or bool(result.isnan().any()):
             slot = slot_of(name)
             out.append(Divergence("fp8", name, f"{name[:-len('.weight')]}"

@@ -14,7 +14,8 @@ from hypothesis import given, strategies as st
 
 from generators.fp8 import online_cases
 from .compare import Divergence, compare_states, run_outcome
-from .fp8_compare import codes_within_one_step, refine_fp8, scaled_mm_divergences
+from .figures import write_figure
+from .fp8_compare import code_agreement, codes_within_one_step, refine_fp8, scaled_mm_divergences
 from .harness import candidate_call, count_example, fail_on, written
 from .session import current
 
@@ -49,6 +50,9 @@ def test_cuda_codes_match_cpu_reference(data):
         one_step = run.candidate.variants.get("fp8_cuda_codes") == "one_step"
         expected = dict(want.result.state)
         found = {n: t.cpu() for n, t in got.result.state.items()}
+        # every example's agreement, failing or not: ./run gpu-check reports the totals
+        write_figure(run.records.directory, "fp8_cuda_codes",
+                     code_agreement(expected, found, case.plan.spec))
         divergences = []
         if one_step:
             divergences += codes_within_one_step(expected, found, case.plan.spec)
@@ -75,6 +79,9 @@ def test_scaled_mm_matches_dequantized_matmul(data):
         if got.result is None or want.result is None:
             return  # error agreement is test_cuda_codes_match_cpu_reference's job
         one_step = run.candidate.variants.get("fp8_cuda_codes") == "one_step"
+        matmuls: list[dict] = []
         divergences = scaled_mm_divergences(got.result.state, want.result.state,
-                                            case.plan.spec, "cuda", rows, one_step)
+                                            case.plan.spec, "cuda", rows, one_step, matmuls)
+        for figure in matmuls:
+            write_figure(run.records.directory, "fp8_cuda_scaled_mm", figure)
         fail_on(divergences, "FP8 matmul on CUDA", case, directory)

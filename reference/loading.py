@@ -81,6 +81,8 @@ class ReferenceLoader:
     """
 
     name = "reference"
+    # The offloader class `offload` builds (a mutant swaps in a faulty one, on any device).
+    offloader: type[PrefetchOffloader] = PrefetchOffloader
     capabilities = frozenset(CAPABILITIES) - {"cuda"} | (
         {"cuda"} if torch.cuda.is_available() else set())
 
@@ -186,7 +188,7 @@ class ReferenceLoader:
 
     def offload(self, result: LoadResult, plan: OffloadPlan) -> PrefetchOffloader:
         device = next(iter(result.state.values())).device.type if result.state else "cpu"
-        return PrefetchOffloader(result.model, plan, device)
+        return self.offloader(result.model, plan, device)
 
     # ----- the steps ---------------------------------------------------------------------
     def open(self, checkpoint: str) -> Checkpoint:

@@ -34,8 +34,12 @@ class SuiteRun:
 
 def run_suite(loader: str, selection: str = "conformance", *extra: str,
               records: Path | None = None) -> SuiteRun:
-    """`pytest <selection> --loader <loader>` (pr profile) in a fresh process."""
+    """`pytest <selection> --loader <loader>` (pr profile) in a fresh process, on the
+    device LOADCHECK_MUTANT_DEVICE names (`./run gpu-check` sets cuda), else the default."""
     records = records or Path(tempfile.mkdtemp(prefix="loadcheck-records-"))
+    device = os.environ.get("LOADCHECK_MUTANT_DEVICE")
+    if device:
+        extra = (*extra, f"--device={device}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run(

@@ -12,7 +12,7 @@ CATCH = Catch(bug="offloaded weights share one host storage (accelerate #4083)",
 
 
 class SharedHostCopies(PrefetchOffloader):
-    def __init__(self, model, plan, device="cpu"):
+    def __init__(self, model, plan, device):
         super().__init__(model, plan, device)
         shared: dict = {}
         for name, host in self.host.items():
@@ -26,8 +26,7 @@ class SharedHostCopies(PrefetchOffloader):
 
 
 class HostCopiesShared(Mutant):
-    def offload(self, result, plan):
-        return SharedHostCopies(result.model, plan)
+    offloader = SharedHostCopies
 
 
 loader = HostCopiesShared(__name__)
