@@ -50,7 +50,7 @@ def _step(name: str, wall: float, budget: int, returncode: int = 0, timed_out: b
 
 
 def _records(directory: Path, outcomes: dict[str, str], divergences: list[dict] = ()) -> None:
-    writer = RecordWriter(directory, "main")
+    writer = RecordWriter(directory, "main", "20260101T000000-fabric")
     writer.write(run_metadata(loader="reference", loader_version="0.1", device="cuda",
                               profile="pr", seed=None))
     for test, outcome in outcomes.items():
