@@ -37,7 +37,8 @@ from reference.dtypes import FP8_DTYPES
 from reference.contract import CONFIG_FILE, INDEX_FILE, LoadError, LoadOptions, ModelSpec
 from reference.hf_config import UnsupportedConfigError, spec_from_config
 from reference.loading import ReferenceLoader
-from .compare import SEVERITIES, Divergence, compare_outcomes, compare_states, run_outcome
+from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
+                      run_outcome)
 from .fp8_compare import refine_fp8
 from .harness import name_sets
 from .loaders import LoaderResolutionError, resolve
@@ -108,9 +109,11 @@ class Differential:
     """One comparison run: a checkpoint, a candidate, the reference under its variants."""
 
     def __init__(self, checkpoint: Path, loader_name: str, candidate, records: RecordWriter,
-                 tp_size: int = 1, print_line: Callable[[str], None] = print):
+                 tp_size: int = 1, print_line: Callable[[str], None] = print,
+                 poison: bool = True):
         self.checkpoint, self.loader_name, self.candidate = checkpoint, loader_name, candidate
         self.records, self.tp_size, self.say = records, tp_size, print_line
+        self.poison = poison and "poison" in candidate.capabilities
         self.reference = ReferenceLoader(variants=dict(candidate.variants))
         config = json.loads((checkpoint / CONFIG_FILE).read_text())
         derived = spec_from_config(config)  # may raise UnsupportedConfigError
@@ -131,8 +134,7 @@ class Differential:
         can (a slot it never writes then shows as the pattern); the reference never needs
         to, and so maps instead of copying."""
         plain = LoadOptions(tp_size=self.tp_size, tp_rank=rank)
-        poison = "poison" in self.candidate.capabilities
-        return plain, replace(plain, poison=poison)
+        return plain, replace(plain, poison=self.poison)
 
     def run_rank(self, rank: int) -> list[Divergence]:
         ref_options, cand_options = self.options(rank)
@@ -152,10 +154,10 @@ class Differential:
             return divergences
         exp, got = expected.result, found.result
         # Name sets, tied head (aliases) and placement, without touching a tensor.
-        everything = compare_outcomes(
-            expected, found, name_sets=name_sets(frozenset(self.candidate.capabilities)),
-            device="cpu", where=self.where(ref_options))
-        divergences = [d for d in everything if d.kind in ("names", "alias", "placement")]
+        divergences = compare_outcomes(
+            Outcome(replace(exp, state={}, buffers={})),
+            Outcome(replace(got, state={}, buffers={})),
+            name_sets=name_sets(frozenset(self.candidate.capabilities)), device="cpu")
         self._record("names", divergences, ref_options)
         for label, names in layer_groups(list(exp.state) + sorted(set(got.state) -
                                                                   set(exp.state))):
@@ -258,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="an HF checkpoint directory (config.json + safetensors; a "
                              "hub-cache snapshot directory works)")
     parser.add_argument("--tp", type=int, default=1, help="simulated tensor-parallel ranks")
+    parser.add_argument("--no-poison", action="store_true",
+                        help="do not ask the candidate to poison its allocations (by default "
+                             "a candidate claiming 'poison' does, so an unwritten slot shows)")
     parser.add_argument("--records", type=Path, default=Path("results/differential"),
                         help="directory for divergence records (default %(default)s)")
     args = parser.parse_args(argv)
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records = RecordWriter(args.records, "differential")
     try:
-        run = Differential(args.checkpoint, args.loader, candidate, records, args.tp)
+        run = Differential(args.checkpoint, args.loader, candidate, records, args.tp,
+                           poison=not args.no_poison)
     except (UnsupportedConfigError, LoadError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
