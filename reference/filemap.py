@@ -90,7 +90,7 @@ def map_concatenated(ranges: Sequence[FileRange], dtype: torch.dtype,
     lead = (ranges[largest].offset - before) % PAGE
     if lead % dtype.itemsize:  # the tensor must start element-aligned in the region
         return None
-    region = mmap.mmap(-1, lead + total + PAGE)  # anonymous, private; unmapped on release
+    region = mmap.mmap(-1, lead + total + PAGE, flags=mmap.MAP_PRIVATE)  # anonymous; freed with it
     anchor = ctypes.c_char.from_buffer(region)
     base = ctypes.addressof(anchor)
     del anchor  # an exported buffer would pin the region open
