@@ -179,6 +179,9 @@ def status(field):
     raise KeyError(field)
 
 variant, directory = sys.argv[1], sys.argv[2]
+if len(sys.argv) > 3:  # another benchmark module's variants
+    import importlib
+    VARIANTS = importlib.import_module(sys.argv[3]).VARIANTS
 bench = describe(directory)
 load = VARIANTS[variant]
 try:  # reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)
@@ -197,10 +200,12 @@ print(json.dumps({"baseline": baseline, "peak": peak, "delta": peak - baseline,
 """
 
 
-def measure_peak(variant: str, bench: Bench) -> dict[str, int]:
+def measure_peak(variant: str, bench: Bench, module: str | None = None) -> dict[str, int]:
+    """Peak memory of one variant (of this module's VARIANTS, or of `module`'s)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, variant, str(bench.directory)],
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, variant, str(bench.directory)]
+                          + ([module] if module else []),
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from generators.cases import LoadCase
-from generators.hostile import HOSTILE_CASES, Corruption, corruptions
+from generators.hostile import BASE_SPEC, HOSTILE_CASES, VALID_LAYOUTS, Corruption, corruptions
 from generators.specs import model_specs
 from reference.contract import LoadOptions, ModelSpec
 from .compare import Divergence, compare_outcomes
@@ -79,3 +79,18 @@ def test_corrupted_bytes_are_refused_or_loaded_alike(data):
         directory = corruption.write(Path(tmp) / "checkpoint")
         case = LoadCase(_Hostile(spec, corruption.summary()), LoadOptions(device=run.device))
         _check(case, directory, "P11 corrupted bytes")
+
+
+# ----- valid layouts a loader must not refuse (issue 18: the hub cache) -------------------
+@pytest.mark.parametrize("name", sorted(VALID_LAYOUTS))
+def test_valid_layout_loads_like_the_reference(name):
+    """A hub-cache snapshot (files that are symlinks into the repo's blobs/) is a valid
+    checkpoint: the candidate loads it exactly as the reference does."""
+    run = current()
+    if name.endswith("sharded") and "sharded" not in run.capabilities:
+        pytest.skip(f"loader {run.loader_name!r} does not claim sharded")
+    with tempfile.TemporaryDirectory(prefix="loadcheck-layout-") as tmp:
+        directory = VALID_LAYOUTS[name](Path(tmp))
+        case = LoadCase(_Hostile(BASE_SPEC, f"valid layout {name!r}: {directory.name}"),
+                        LoadOptions(device=run.device))
+        _check(case, directory, "P11 valid layout")

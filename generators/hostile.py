@@ -357,3 +357,82 @@ def corruptions(draw, spec: ModelSpec) -> Corruption:
     position = draw(st.one_of(st.floats(0.0, 0.05), st.floats(0.0, 1.0)))
     return Corruption(plan, position=position, patch=draw(st.binary(min_size=1, max_size=8)))
 
+
+
+# ----- symlinks: the hub-cache layout (valid) and links that leave (issue 18) ------------
+# The policy (reference/checkpoint.py `_check_link`): a file may be a symlink to a file in
+# the directory, or, in a hub-cache snapshot, to a file in its repo's blobs/.
+HUB_REPO = "models--loadcheck--tiny"
+
+
+def hub_cache_layout(checkpoint: Path, cache: Path, repo: str = HUB_REPO) -> Path:
+    """Copy a checkpoint directory into the Hugging Face hub-cache layout under `cache`
+    (hard links where the file system allows): each file's bytes in `<repo>/blobs/<sha256>`,
+    `<repo>/snapshots/<rev>/<name>` a relative symlink `../../blobs/<sha256>`, and
+    `refs/main` naming `<rev>`. Returns the snapshot directory (what a loader is given)."""
+    import hashlib
+    import shutil
+    root = cache / repo
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in checkpoint.iterdir() if p.is_file())
+    digests = {}
+    for name in names:
+        digest = hashlib.sha256()
+        with open(checkpoint / name, "rb") as f:
+            for chunk in iter(lambda: f.read(2**24), b""):
+                digest.update(chunk)
+        digests[name] = digest.hexdigest()
+    revision = hashlib.sha1("".join(digests[n] for n in names).encode()).hexdigest()
+    snapshot = root / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        blob = root / "blobs" / digests[name]
+        if not blob.exists():
+            try:
+                os.link(checkpoint / name, blob)
+            except OSError:
+                shutil.copyfile(checkpoint / name, blob)
+        os.symlink(f"../../blobs/{digests[name]}", snapshot / name)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def _hub_cache(shards: int) -> Callable[[Path], Path]:
+    def write(parent: Path) -> Path:
+        plain = parent / "plain"
+        _valid(plain, shards=shards)
+        return hub_cache_layout(plain, parent / "hub")
+    return write
+
+
+# Valid layouts every loader must load exactly as the reference does: write(parent) builds
+# the checkpoint somewhere under `parent` and returns the directory to load.
+VALID_LAYOUTS: dict[str, Callable[[Path], Path]] = {
+    "hub-cache-single": _hub_cache(1),
+    "hub-cache-sharded": _hub_cache(2),
+}
+
+
+def _single_symlink_out(directory: Path) -> None:
+    _valid(directory)
+    outside = directory.parent / OUTSIDE_FILE
+    os.replace(directory / SINGLE_FILE, outside)
+    os.symlink(outside, directory / SINGLE_FILE)
+
+
+def _index_symlink_out(directory: Path) -> None:
+    _valid(directory, shards=2)
+    outside = directory.parent / "outside.index.json"
+    os.replace(directory / INDEX_FILE, outside)
+    os.symlink(outside, directory / INDEX_FILE)
+
+
+HOSTILE_CASES.update({c.name: c for c in [
+    HostileCase("single-file-symlink-outside", "unsafe_checkpoint",
+                "model.safetensors is a symlink to a file outside the directory",
+                _single_symlink_out),
+    HostileCase("index-symlink-outside", "unsafe_checkpoint",
+                "the index is a symlink to a file outside the directory", _index_symlink_out,
+                _SHARDED),
+]})

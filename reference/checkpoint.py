@@ -22,6 +22,7 @@ import torch
 from .contract import (CONFIG_FILE, INDEX_FILE, SINGLE_FILE, CorruptCheckpointError,
                        UnsafeCheckpointError, UnsupportedDtypeError)
 from .dtypes import DTYPE_OF_CODE, SAFETENSORS_CODES
+from .filemap import FileRange
 
 __all__ = ["TensorEntry", "Checkpoint", "open_checkpoint", "read_header",
            "write_safetensors", "write_checkpoint", "shard_file_name"]
@@ -142,6 +143,22 @@ def _check_shard_name(directory: Path, file_name: Any) -> None:
             f"{directory}", subject=str(file_name))
 
 
+def _check_link(root: Path, directory: Path, file_name: str) -> None:
+    """The symlink policy, the same for the single file, the index and every shard: a
+    checkpoint file must resolve to a file directly in the directory, or, when the directory
+    is a Hugging Face hub-cache snapshot (`<repo>/snapshots/<rev>/`, whose files are symlinks
+    to `../../blobs/<hash>`), directly in that repo's `blobs/`. Names are checked before
+    this (`_check_shard_name`): a name never leaves the directory, a link may only go there."""
+    path = directory / file_name
+    if not (path.is_symlink() or path.exists()):
+        return
+    home = path.resolve().parent
+    if home != root and not (root.parent.name == "snapshots"
+                             and home == root.parent.parent / "blobs"):
+        raise UnsafeCheckpointError(f"{file_name} resolves outside {directory} (to {home})",
+                                    subject=file_name)
+
+
 class Checkpoint:
     """A validated checkpoint directory: every tensor's entry, and reads into tensors."""
 
@@ -189,6 +206,12 @@ class Checkpoint:
             shape[0] = rows[1] - rows[0]
         return self.read_into(entry, torch.empty(shape, dtype=entry.dtype), rows)
 
+    def byte_range(self, entry: TensorEntry, rows: tuple[int, int] | None = None) -> FileRange:
+        """Where `entry`'s bytes (or rows [start, stop) of them) lie in its file."""
+        start, stop = rows if rows is not None else (0, entry.shape[0] if entry.shape else 1)
+        return FileRange(self.directory / entry.file, entry.offset + start * entry.row_bytes,
+                         (stop - start) * entry.row_bytes)
+
     def map(self, entry: TensorEntry, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
         """A CPU tensor over a private (copy-on-write) mapping of the file holding exactly
         `entry`'s bytes (or rows of them): no copy, and writes to it never reach the file.
@@ -227,8 +250,11 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     directory = Path(directory)
     if not directory.is_dir():
         raise CorruptCheckpointError(f"{directory} is not a directory", subject=str(directory))
+    root = directory.resolve()
     index_path = directory / INDEX_FILE
+    _check_link(root, directory, INDEX_FILE)
     if not index_path.exists():
+        _check_link(root, directory, SINGLE_FILE)
         single = directory / SINGLE_FILE
         if not single.is_file():
             raise CorruptCheckpointError(f"{directory} has neither {SINGLE_FILE} nor "
@@ -241,13 +267,10 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         raise CorruptCheckpointError(f"{INDEX_FILE} has no weight_map object", subject=INDEX_FILE)
     for file_name in weight_map.values():  # every name is checked before any file opens
         _check_shard_name(directory, file_name)
-    root = directory.resolve()
     files = sorted(set(weight_map.values()))
     for file_name in files:  # every shard exists and stays inside before any header is read
         path = directory / file_name
-        if (path.is_symlink() or path.exists()) and path.resolve().parent != root:
-            raise UnsafeCheckpointError(f"{file_name} resolves outside {directory}",
-                                        subject=file_name)
+        _check_link(root, directory, file_name)
         if not path.is_file():
             raise CorruptCheckpointError(f"{INDEX_FILE} names {file_name}, which is not a "
                                          f"file in {directory}", subject=file_name)

@@ -21,6 +21,7 @@ from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, CorruptCheckpointErr
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
 from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast
+from .filemap import map_concatenated
 from .fp8 import Fp8Rules, input_scale_name, quantize_groups, requantize_to_max, scale_name
 from .model import TinyDecoderLM
 from .offload import PrefetchOffloader
@@ -74,7 +75,7 @@ class ReferenceLoader:
 
     A load is a fixed sequence of small steps (`open`, `entries`, `key_table`, `map_key`,
     `plan`, `accepts_dtype`, `exempt_from_tracking`, `build_model`, `materialize`, `rank_slice`,
-    `map_slot`, `copy_slot`, `check_finite`, `requantize_serialized`, `quantize_online`,
+    `map_fused`, `map_slot`, `copy_slot`, `check_finite`, `requantize_serialized`, `quantize_online`,
     `finish`), each a method so that a loader under test (or a mutant in tests/mutants/)
     can differ in exactly one of them. FP8 follows reference/fp8.py under the declared
     `fp8_*` variants.
@@ -109,8 +110,11 @@ class ReferenceLoader:
             plan.raise_first()
             model = self.build_model(spec, options)
             self.materialize(model, options)
+            in_place = self.map_fused(ckpt, plan, model, spec, options)
             views = model.canonical_views()
             for copy in plan.copies:
+                if copy.slot.canonical in in_place:
+                    continue
                 mapped = self.map_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
                 if mapped is None or not model.adopt(copy.slot.canonical, mapped):
                     self.copy_slot(ckpt, copy, views[copy.slot.canonical], spec, options)
@@ -322,15 +326,47 @@ class ReferenceLoader:
             rows = (slot.start + piece.start, slot.start + piece.stop)
         return piece, rows
 
-    def map_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
-                 options: LoadOptions) -> torch.Tensor | None:
-        """The slot's bytes as a copy-on-write file mapping, when nothing needs converting
-        (same dtype, no column slice) and no allocation is to be poisoned; else None."""
+    def _mappable_rows(self, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
+                       options: LoadOptions):
+        """The checkpoint rows of a slot that may be mapped rather than copied: nothing
+        needs converting (same dtype, no column slice) and no allocation is to be
+        poisoned. False when it must be copied."""
         piece, rows = self._rows(copy, spec, options)
         if not self.map_weights or options.poison or options.device != "cpu" or not dest.dim() \
                 or copy.entry.dtype != dest.dtype or (piece is not None and piece.dim != 0):
-            return None
-        return ckpt.map(copy.entry, rows)
+            return False
+        return rows
+
+    def map_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
+                 options: LoadOptions) -> torch.Tensor | None:
+        """The slot's bytes as a copy-on-write file mapping when it may be mapped; else None."""
+        rows = self._mappable_rows(copy, dest, spec, options)
+        return None if rows is False else ckpt.map(copy.entry, rows)
+
+    def map_fused(self, ckpt: Checkpoint, plan: LoadPlan, model: TinyDecoderLM,
+                  spec: ModelSpec, options: LoadOptions) -> set[str]:
+        """A fused parameter whose parts may all be mapped becomes one private mapping
+        stitched from their file bytes (reference/filemap.py), instead of an allocation
+        that every part is copied into. Returns the canonical names now in place."""
+        if not model.fused_parts:
+            return set()
+        copies = {c.slot.canonical: c for c in plan.copies}
+        views, in_place = model.canonical_views(), set()
+        for param_name, parts in model.fused_parts.items():
+            ranges = []
+            for part in parts:
+                copy = copies.get(part)
+                rows = False if copy is None else self._mappable_rows(copy, views[part], spec,
+                                                                      options)
+                if rows is False:
+                    break
+                ranges.append(ckpt.byte_range(copy.entry, rows))
+            else:
+                param = model.get_parameter(param_name)
+                mapped = map_concatenated(ranges, param.dtype, param.shape)
+                if mapped is not None and model.adopt_fused(param_name, mapped):
+                    in_place.update(parts)
+        return in_place
 
     def copy_slot(self, ckpt: Checkpoint, copy: Copy, dest: torch.Tensor, spec: ModelSpec,
                   options: LoadOptions) -> None:

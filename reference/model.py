@@ -244,6 +244,15 @@ class TinyDecoderLM(nn.Module):
         param.data = tensor
         return True
 
+    def adopt_fused(self, name: str, tensor: torch.Tensor) -> bool:
+        """Make `tensor` the storage of fused parameter `name` (same shape and dtype)."""
+        param = self.get_parameter(name)
+        if name not in self.fused_parts or param.shape != tensor.shape \
+                or param.dtype != tensor.dtype:
+            return False
+        param.data = tensor
+        return True
+
     def install_fp8(self, quantized: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Hold FP8 codes and scales for the canonical weights in `quantized` (name ->
         (codes, effective scale)). The first time, each in-memory weight (fused or not)

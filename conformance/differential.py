@@ -1,0 +1,294 @@
+"""Differential mode: a user's own checkpoint directory, loaded by the reference and by the
+candidate, every canonical tensor compared bit for bit.
+
+    python -m conformance.differential --loader NAME --checkpoint DIR [--tp N] [--records DIR]
+
+A subcommand, not a pytest option: this is one long comparison of one checkpoint, not a
+property over generated examples. It streams a progress line per layer (pytest would
+capture it), and nothing of Hypothesis (profiles, shrinking, seeds) applies. Its
+divergences are written as the suite's divergence records, so `python -m reports` renders
+them beside any property run.
+
+The spec comes from config.json (reference/hf_config.py; a config the reference cannot
+express is refused with one line naming the field). The candidate loads the whole model
+(its own memory). The reference loads lazily: every weight whose bytes need no conversion
+is a private file mapping, so only the layer being compared is resident; after each layer
+its pages are handed back (MADV_DONTNEED), so the comparison adds about one layer to the
+candidate's own footprint. Exit status: 0 equal, 1 divergent, 2 refused or unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import re
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from reference.dtypes import FP8_DTYPES
+from reference.contract import CONFIG_FILE, INDEX_FILE, LoadError, LoadOptions, ModelSpec
+from reference.hf_config import UnsupportedConfigError, spec_from_config
+from reference.loading import ReferenceLoader
+from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
+                      run_outcome)
+from .fp8_compare import refine_fp8
+from .harness import name_sets
+from .loaders import LoaderResolutionError, resolve
+from .records import RecordWriter, run_metadata
+
+__all__ = ["Differential", "main", "layer_groups"]
+
+PROPERTY = "differential"
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def layer_groups(names: list[str]) -> list[tuple[str, list[str]]]:
+    """Canonical names grouped for streaming: the embedding, each layer in order, the rest."""
+    head, layers, tail = [], {}, []
+    for name in names:
+        match = _LAYER.match(name)
+        if match:
+            layers.setdefault(int(match.group(1)), []).append(name)
+        elif name.startswith("model.embed_tokens."):
+            head.append(name)
+        else:
+            tail.append(name)
+    groups = [("embedding", head)] if head else []
+    groups += [(f"layer {i}", layers[i]) for i in sorted(layers)]
+    return groups + ([("norm and head", tail)] if tail else [])
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+_MADV_DONTNEED = 4
+
+
+def _release(tensors: list[torch.Tensor]) -> None:
+    """Hand back the resident pages of reference tensors that are done with: the whole pages
+    inside each. A private file mapping re-reads them from the file if touched again; an
+    anonymous one would read zeros, so this is only for tensors never read again."""
+    if _libc is None:
+        return
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_contiguous():
+            continue
+        start = -(-t.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (t.data_ptr() + _nbytes(t)) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def _rss(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+class Differential:
+    """One comparison run: a checkpoint, a candidate, the reference under its variants."""
+
+    def __init__(self, checkpoint: Path, loader_name: str, candidate, records: RecordWriter,
+                 tp_size: int = 1, print_line: Callable[[str], None] = print,
+                 poison: bool = True):
+        self.checkpoint, self.loader_name, self.candidate = checkpoint, loader_name, candidate
+        self.records, self.tp_size, self.say = records, tp_size, print_line
+        self.poison = poison and "poison" in candidate.capabilities
+        self.reference = ReferenceLoader(variants=dict(candidate.variants))
+        config = json.loads((checkpoint / CONFIG_FILE).read_text())
+        derived = spec_from_config(config)  # may raise UnsupportedConfigError
+        self.spec: ModelSpec = derived.spec
+        self.forward_only = derived.forward_only
+        self.bytes_compared = 0
+        self.largest_group = 0  # bytes of the largest group compared (one layer, usually)
+        self.candidate_rss = 0  # RSS right after the candidate's load (its own model)
+        self.divergent = 0
+        self.weight_map = {}
+        if (checkpoint / INDEX_FILE).exists():
+            self.weight_map = json.loads((checkpoint / INDEX_FILE).read_text()).get(
+                "weight_map", {})
+
+    # ----- one rank -------------------------------------------------------------------
+    def options(self, rank: int) -> tuple[LoadOptions, LoadOptions]:
+        """(reference, candidate) options: the candidate poisons its allocations when it
+        can (a slot it never writes then shows as the pattern); the reference never needs
+        to, and so maps instead of copying."""
+        plain = LoadOptions(tp_size=self.tp_size, tp_rank=rank)
+        return plain, replace(plain, poison=self.poison)
+
+    def run_rank(self, rank: int) -> list[Divergence]:
+        ref_options, cand_options = self.options(rank)
+        tag = f"tp rank {rank}/{self.tp_size}: " if self.tp_size > 1 else ""
+        started = time.perf_counter()
+        found = run_outcome(lambda: self.candidate.load(str(self.checkpoint), self.spec,
+                                                        cand_options))
+        self.candidate_rss = max(self.candidate_rss, _rss())
+        self.say(f"{tag}candidate loaded in {time.perf_counter() - started:.1f} s "
+                 f"(RSS {_rss() / 1e9:.2f} GB)")
+        expected = run_outcome(lambda: self.reference.load(str(self.checkpoint), self.spec,
+                                                           ref_options))
+        if expected.error is not None or found.error is not None:
+            divergences = compare_outcomes(expected, found, name_sets=(), device="cpu")
+            self.say(f"{tag}reference: {expected.describe()}; candidate: {found.describe()}")
+            self._record("load", divergences, ref_options)
+            return divergences
+        exp, got = expected.result, found.result
+        # Name sets, tied head (aliases) and placement, without touching a tensor.
+        divergences = compare_outcomes(
+            Outcome(replace(exp, state={}, buffers={})),
+            Outcome(replace(got, state={}, buffers={})),
+            name_sets=name_sets(frozenset(self.candidate.capabilities)), device="cpu")
+        self._record("names", divergences, ref_options)
+        for label, names in layer_groups(list(exp.state) + sorted(set(got.state) -
+                                                                  set(exp.state))):
+            divergences += self.compare_group(label, names, exp, got, ref_options, tag)
+        if self.forward_only:
+            self.say(f"{tag}buffers not compared: config.json sets {', '.join(self.forward_only)}"
+                     f", which the reference's rotary buffer does not model")
+        elif got.buffers:
+            buffers = compare_states(exp.buffers, got.buffers, where=lambda n: "a "
+                                     "non-persistent buffer: it must equal what the "
+                                     "constructor computes")
+            self._record("buffers", buffers, ref_options)
+            divergences += buffers
+        return divergences
+
+    def compare_group(self, label: str, names: list[str], exp, got, options: LoadOptions,
+                      tag: str) -> list[Divergence]:
+        start = time.perf_counter()
+        expected = {n: exp.state[n] for n in names if n in exp.state}
+        found = {n: got.state[n] for n in names if n in got.state}
+        divergences = compare_states(expected, found, skip_values=exp.missing,
+                                     where=self.where(options))
+        if any(t.dtype in FP8_DTYPES for t in expected.values()):  # one report per matrix
+            divergences = refine_fp8(divergences, exp.state, got.state, self.spec)
+        nbytes = sum(_nbytes(t) for t in expected.values())
+        self.bytes_compared += nbytes
+        self.largest_group = max(self.largest_group, nbytes)
+        _release(list(expected.values()))
+        seconds = time.perf_counter() - start
+        verdict = "equal" if not divergences else f"{len(divergences)} DIVERGE: " + ", ".join(
+            sorted({d.subject for d in divergences})[:4])
+        self.say(f"{tag}{label}: {len(expected)} tensors, {nbytes / 1e6:.1f} MB, "
+                 f"{seconds:.2f} s: {verdict}")
+        self._record(f"{tag}{label}".replace(": ", " "), divergences, options)
+        return divergences
+
+    def where(self, options: LoadOptions) -> Callable[[str], str]:
+        def text(name: str) -> str:
+            parts = []
+            if name in self.weight_map:
+                parts.append(f"checkpoint key in {self.weight_map[name]}")
+            if options.tp_size > 1:
+                parts.append(f"tp rank {options.tp_rank}/{options.tp_size}")
+            return "; ".join(parts)
+        return text
+
+    # ----- records ----------------------------------------------------------------------
+    def rerun_command(self) -> str:
+        parts = ["python", "-m", "conformance.differential", "--loader", self.loader_name,
+                 "--checkpoint", str(self.checkpoint)]
+        if self.tp_size > 1:
+            parts += ["--tp", str(self.tp_size)]
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def _record(self, group: str, divergences: list[Divergence], options: LoadOptions) -> None:
+        """One divergence record per group that diverges, in the shape `fail_on` writes."""
+        if not divergences:
+            return
+        self.divergent += 1
+        case = f"{self.checkpoint} ({group}) | {self.spec.summary()}"
+        self.records.write({
+            "type": "divergence", "stage": "final", "property": PROPERTY,
+            "test": f"differential::{group}", "loader": self.loader_name,
+            "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
+            "case": case, "spec": self.spec.to_dict(), "checkpoint": str(self.checkpoint),
+            "options": options.summary(), "plan": "", "rerun": self.rerun_command(),
+            "examples_before_failure": 0, "divergences": [vars(d) for d in divergences]})
+
+    # ----- the whole run ----------------------------------------------------------------
+    def run(self) -> int:
+        self.say(f"loadcheck differential: {self.loader_name} "
+                 f"{getattr(self.candidate, 'version', '?')} vs the reference on "
+                 f"{self.checkpoint}")
+        self.say(f"  spec from config.json: {self.spec.summary()}")
+        started, divergences = time.perf_counter(), []
+        _reset_peak()
+        for rank in range(self.tp_size):
+            divergences += self.run_rank(rank)
+        seconds = time.perf_counter() - started
+        peak = _rss("VmHWM")
+        self.say(f"{'DIVERGES' if divergences else 'EQUAL'}: {len(divergences)} divergences; "
+                 f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.1f} s "
+                 f"({self.bytes_compared / 1e9 / max(seconds, 1e-9):.2f} GB/s end to end, "
+                 f"both loads included); peak RSS {peak / 1e9:.2f} GB, "
+                 f"{max(0, peak - self.candidate_rss) / 1e9:.3f} GB above the candidate's "
+                 f"loaded model (largest group {self.largest_group / 1e9:.3f} GB)"
+                 + (f"; records in {self.records.path}" if divergences else ""))
+        for d in divergences[:20]:
+            self.say(f"  - {d.message}")
+        if len(divergences) > 20:
+            self.say(f"  ... and {len(divergences) - 20} more (see the records)")
+        return 1 if divergences else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance.differential",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loader", required=True, help="as for `pytest conformance --loader`")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="an HF checkpoint directory (config.json + safetensors; a "
+                             "hub-cache snapshot directory works)")
+    parser.add_argument("--tp", type=int, default=1, help="simulated tensor-parallel ranks")
+    parser.add_argument("--no-poison", action="store_true",
+                        help="do not ask the candidate to poison its allocations (by default "
+                             "a candidate claiming 'poison' does, so an unwritten slot shows)")
+    parser.add_argument("--records", type=Path, default=Path("results/differential"),
+                        help="directory for divergence records (default %(default)s)")
+    args = parser.parse_args(argv)
+    if not (args.checkpoint / CONFIG_FILE).is_file():
+        print(f"ERROR: {args.checkpoint} has no {CONFIG_FILE}", file=sys.stderr)
+        return 2
+    try:
+        candidate = resolve(args.loader)
+    except LoaderResolutionError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    if args.tp > 1 and "tp" not in candidate.capabilities:
+        print(f"ERROR: --tp {args.tp}: loader {args.loader!r} does not claim 'tp'",
+              file=sys.stderr)
+        return 2
+    records = RecordWriter(args.records, "differential")
+    try:
+        run = Differential(args.checkpoint, args.loader, candidate, records, args.tp,
+                           poison=not args.no_poison)
+    except (UnsupportedConfigError, LoadError, ValueError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    records.write(run_metadata(loader=args.loader, loader_version=str(
+        getattr(candidate, "version", "?")), device="cpu", profile=PROPERTY, seed=None))
+    return run.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

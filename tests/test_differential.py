@@ -1,0 +1,120 @@
+"""Differential mode (`python -m conformance.differential`) on tiny real-format checkpoints:
+equal loaders pass (sharded, hub-cache layout, the transformers adapter), a mutant is caught
+naming the tensor, divergences become records the reports read, and config.json is turned
+into a spec or refused with one line naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conformance.differential import main
+from generators.checkpoints import CheckpointPlan
+from generators.hostile import hub_cache_layout
+from reference.contract import ModelSpec
+from reference.hf_config import UnsupportedConfigError, spec_from_config
+
+LLAMA = ModelSpec(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+PHI3 = ModelSpec(family="phi3", vocab_size=64, hidden_size=32, intermediate_size=64,
+                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("differential")
+    plain = CheckpointPlan(LLAMA, shards=2, data_seed=3).write(root / "plain")
+    return {"plain": plain, "hub": hub_cache_layout(plain, root / "hub"),
+            "phi3": CheckpointPlan(PHI3, fused=True, shards=2, data_seed=3).write(root / "phi3")}
+
+
+def _run(capsys, tmp_path, *args: str) -> tuple[int, str, list[dict]]:
+    records = tmp_path / "records"
+    code = main([*args, "--records", str(records)])
+    out = capsys.readouterr()
+    lines = [json.loads(line) for f in sorted(records.glob("records-*.jsonl"))
+             for line in f.read_text().splitlines()]
+    return code, out.out + out.err, lines
+
+
+@pytest.mark.parametrize("layout", ["plain", "hub"])
+def test_the_reference_equals_itself(layout, checkpoints, capsys, tmp_path):
+    code, out, records = _run(capsys, tmp_path, "--loader", "reference-split",
+                              "--checkpoint", str(checkpoints[layout]))
+    assert code == 0, out
+    assert "layer 1: 9 tensors" in out and out.splitlines()[-1].startswith("EQUAL")
+    assert "GB/s" in out and "peak RSS" in out
+    assert [r["type"] for r in records] == ["run"]
+
+
+def test_the_transformers_adapter_on_the_hub_cache_layout(checkpoints, capsys, tmp_path):
+    pytest.importorskip("transformers")
+    code, out, _ = _run(capsys, tmp_path, "--loader", "transformers",
+                        "--checkpoint", str(checkpoints["hub"]))
+    assert code == 0, out
+
+
+def test_a_tp_mutant_is_caught_naming_the_tensor(checkpoints, capsys, tmp_path):
+    code, out, records = _run(capsys, tmp_path, "--loader", "tests.mutants.p1_kv_replication_modulo",
+                              "--checkpoint", str(checkpoints["plain"]), "--tp", "4")
+    assert code == 1, out
+    assert "model.layers.0.self_attn.k_proj.weight" in out and "tp rank 1/4" in out
+    divergent = [r for r in records if r["type"] == "divergence"]
+    assert divergent and divergent[0]["property"] == "differential"
+    assert any(d["subject"].endswith("k_proj.weight") for d in divergent[0]["divergences"])
+    assert "--tp 4" in divergent[0]["rerun"]
+
+
+def test_an_unwritten_fused_slot_is_caught(checkpoints, capsys, tmp_path):
+    code, out, _ = _run(capsys, tmp_path, "--loader",
+                        "tests.mutants.p2_gate_up_second_half_unwritten",
+                        "--checkpoint", str(checkpoints["phi3"]))
+    assert code == 1, out
+    assert "model.layers.0.mlp.up_proj.weight" in out and "poison pattern" in out
+
+
+def test_an_inexpressible_config_is_refused_in_one_line(checkpoints, capsys, tmp_path):
+    directory = tmp_path / "gelu"
+    directory.mkdir()
+    config = json.loads((checkpoints["plain"] / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    code, out, _ = _run(capsys, tmp_path, "--loader", "reference", "--checkpoint", str(directory))
+    assert code == 2
+    assert out.strip() == "ERROR: config.json: hidden_act='gelu': the reference's MLP is SiLU-gated"
+
+
+@pytest.mark.parametrize("spec", [
+    LLAMA, PHI3, ModelSpec(family="qwen2", attention_bias=True, tie_word_embeddings=True,
+                           dtype="bfloat16"),
+    ModelSpec(family="llama", attention_bias=True, mlp_bias=True, fp8_checkpoint="fp8",
+              fp8_input_scale=True),
+    ModelSpec(family="llama", fp8_checkpoint="compressed-tensors"),
+])
+def test_a_generated_config_gives_back_its_spec(spec):
+    config = spec.to_hf_config()
+    config.pop("loadcheck")
+    assert spec_from_config(config).spec == spec
+
+
+@pytest.mark.parametrize("edit,field", [
+    ({"model_type": "mistral"}, "model_type"),
+    ({"hidden_act": "gelu_pytorch_tanh"}, "hidden_act"),
+    ({"quantization_config": {"quant_method": "awq"}}, "quantization_config.quant_method"),
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+     "quantization_config.weight_block_size"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers"),
+    ({"torch_dtype": "float8_e4m3fn"}, "torch_dtype"),
+])
+def test_what_the_reference_cannot_express_is_named(edit, field):
+    config = {**LLAMA.to_hf_config(), **edit}
+    with pytest.raises(UnsupportedConfigError) as raised:
+        spec_from_config(config)
+    assert raised.value.subject == field and "\n" not in str(raised.value)
+
+
+def test_rope_scaling_is_accepted_as_forward_only():
+    config = {**LLAMA.to_hf_config(), "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
+    derived = spec_from_config(config)
+    assert derived.spec == LLAMA and derived.forward_only == ("rope_scaling",)
