@@ -42,7 +42,7 @@ from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare
 from .fp8_compare import refine_fp8
 from .harness import name_sets
 from .loaders import LoaderResolutionError, resolve
-from .records import RecordWriter, run_metadata
+from .records import RecordWriter, new_run_id, replace_cell, run_metadata
 
 __all__ = ["Differential", "main", "layer_groups"]
 
@@ -278,16 +278,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: --tp {args.tp}: loader {args.loader!r} does not claim 'tp'",
               file=sys.stderr)
         return 2
-    records = RecordWriter(args.records, "differential")
+    records = RecordWriter(args.records, "differential", new_run_id())
     try:
         run = Differential(args.checkpoint, args.loader, candidate, records, args.tp,
                            poison=not args.no_poison)
     except (UnsupportedConfigError, LoadError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    records.write(run_metadata(loader=args.loader, loader_version=str(
-        getattr(candidate, "version", "?")), device="cpu", profile=PROPERTY, seed=None))
-    return run.run()
+    meta = run_metadata(loader=args.loader, loader_version=str(
+        getattr(candidate, "version", "?")), device="cpu", profile=PROPERTY, seed=None,
+        records=records.directory)
+    replace_cell(records.directory, meta, records.run_id)
+    records.write(meta)
+    status = run.run()
+    records.write({"type": "end", "exitstatus": status, "tests": 1})
+    return status
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_the_reference_equals_itself(layout, checkpoints, capsys, tmp_path):
     assert code == 0, out
     assert "layer 1: 9 tensors" in out and out.splitlines()[-1].startswith("EQUAL")
     assert "GB/s" in out and "peak RSS" in out
-    assert [r["type"] for r in records] == ["run"]
+    assert [r["type"] for r in records] == ["run", "end"]
 
 
 def test_the_transformers_adapter_on_the_hub_cache_layout(checkpoints, capsys, tmp_path):
