@@ -211,7 +211,8 @@ def fail_on(divergences: list[Divergence], prop: str, case,
             directory: Path | None = None, title: str = "") -> None:
     """Raise a readable AssertionError (and write the record, on the final replay).
     Divergences the run's baseline knows are recorded as known and do not fail: the
-    example fails only on what is new, so a known bug never masks another."""
+    example fails only on what is new, so a known bug never masks another. So fail_on may
+    return after divergences: a caller that cannot go on after one returns itself."""
     if not divergences:
         return
     run, nodeid = current(), _nodeid()

@@ -34,6 +34,7 @@ def test_parameter_bytes_for_every_dtype(data):
             fail_on([Divergence("error", "parameter_bytes", f"parameter_bytes raised "
                                 f"{got.describe()}", {"found": got.describe()})], "P7 bytes",
                     case, directory)
+            return  # known to the baseline (fail_on returned): nothing more to compare
         found_bytes, divergences = dict(got.result), []
         for name in sorted(want):
             tensor = expected.result.state[name]
