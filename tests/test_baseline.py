@@ -233,3 +233,29 @@ def test_findings_pages_show_the_shipped_baselines():
                                      f"conformance.baseline findings docs/findings/*.md")
         placed.update({name: doc.name for name in found})
     assert set(placed) == set(baselines), f"baselines on no findings page: {set(baselines) - set(placed)}"
+
+
+def test_a_known_error_does_not_crash_the_property_that_follows_it(tmp_path):
+    """fail_on returns for a known divergence: a property that cannot go on after an error
+    (here: a TP rank that raises) must stop there, not crash on the missing result."""
+    (tmp_path / "rank_raises.py").write_text(
+        "from reference.contract import ShapeMismatchError\n"
+        "from tests.mutants import Mutant\n"
+        "class RankRaises(Mutant):\n"
+        "    def load(self, checkpoint, spec, options):\n"
+        "        if options.tp_rank == 1:\n"
+        "            raise ShapeMismatchError('rank 1 refuses', subject='x')\n"
+        "        return super().load(checkpoint, spec, options)\n"
+        "loader = RankRaises('rank_raises')\n")
+    baseline = tmp_path / "b.toml"
+    baseline.write_text(dumps(Baseline(baseline, "rank_raises", [Entry(
+        id="R1", test="test_loading.py::test_gathered_ranks_equal_tp1",
+        matches=(Match(kind="error", subject="rank *"),))])))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "conformance/test_loading.py::test_gathered_ranks_equal_tp1",
+         "--loader", "rank_raises", "-p", "no:cacheprovider", "-q", "--records",
+         str(tmp_path / "r"), "--baseline", str(baseline)], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "known: R1" in proc.stdout, proc.stdout[-3000:]
