@@ -249,11 +249,25 @@ def _header(path: Path) -> dict[str, tuple[torch.dtype | None, tuple[int, ...]]]
     return entries
 
 
+def _check_link(directory: Path, name: str) -> None:
+    """The suite's symlink policy (README), for the index, the single file and every shard:
+    a file resolves directly into the directory, or, from a Hugging Face hub-cache snapshot
+    (`<repo>/snapshots/<rev>/`), into that repo's `blobs/`."""
+    path = directory / name
+    if not (path.is_symlink() or path.exists()):
+        return
+    root, home = directory.resolve(), path.resolve().parent
+    if home != root and not (root.parent.name == "snapshots"
+                             and home == root.parent.parent / "blobs"):
+        raise UnsafeCheckpointError(f"{name} resolves outside {directory}", subject=name)
+
+
 def _files(directory: Path) -> tuple[dict[str, Path], dict[str, dict]]:
     """key -> the file the checkpoint assigns it to, and each file's validated header."""
     if not directory.is_dir():
         raise CorruptCheckpointError(f"{directory} is not a directory", subject=str(directory))
     index = directory / INDEX_FILE
+    _check_link(directory, INDEX_FILE)
     if index.exists():
         try:
             data = json.loads(index.read_text(), object_pairs_hook=_no_duplicates)
@@ -263,25 +277,20 @@ def _files(directory: Path) -> tuple[dict[str, Path], dict[str, dict]]:
         if not isinstance(weight_map, dict):
             raise CorruptCheckpointError(f"{INDEX_FILE} has no weight_map", subject=INDEX_FILE)
         assigned = {}
-        root = directory.resolve()
         for key, name in weight_map.items():
             if not isinstance(name, str) or not name or "/" in name or "\\" in name \
                     or name in (".", "..") or os.path.isabs(name):
                 raise UnsafeCheckpointError(f"{INDEX_FILE}: shard name {name!r} for {key!r} "
                                             f"is not a plain file name", subject=str(name))
             path = directory / name
-            if (path.is_symlink() or path.exists()) and path.resolve().parent != root:
-                raise UnsafeCheckpointError(f"{name} resolves outside {directory}",
-                                            subject=name)
+            _check_link(directory, name)
             if not path.is_file():
                 raise CorruptCheckpointError(f"{INDEX_FILE} names {name}, which is not a file",
                                              subject=name)
             assigned[key] = path
     else:
         single = directory / SINGLE_FILE
-        if single.is_symlink() and single.resolve().parent != directory.resolve():
-            raise UnsafeCheckpointError(f"{SINGLE_FILE} resolves outside {directory}",
-                                        subject=SINGLE_FILE)
+        _check_link(directory, SINGLE_FILE)
         if not single.is_file():
             raise CorruptCheckpointError(f"{directory} has neither {SINGLE_FILE} nor "
                                          f"{INDEX_FILE}", subject=str(directory))
