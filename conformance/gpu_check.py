@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,9 +232,9 @@ def run_step(step: Step, log: Path, env: dict[str, str]) -> dict:
 
 
 def _interrupt(proc: subprocess.Popen) -> int:
-    """SIGINT to the step's own process (pytest, and xdist's controller, then write their
-    reports of the tests that finished), SIGKILL to its whole group after the grace period
-    (xdist workers and the mutants' nested runs included)."""
+    """SIGINT to the step's own process (a plain pytest then still writes its JUnit XML;
+    xdist's controller may not, hence the outcome log), SIGKILL to its whole group after
+    the grace period (xdist workers and the mutants' nested runs included)."""
     try:
         os.kill(proc.pid, signal.SIGINT)
         returncode = proc.wait(timeout=GRACE_S)
@@ -259,7 +260,6 @@ def _prepare(out: Path) -> str | None:
         if foreign:
             return (f"--out {out} holds files of something else ({', '.join(foreign[:3])}): "
                     f"give an empty or new folder")
-        import shutil
         for p in out.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
