@@ -34,7 +34,8 @@ pytestmark = pytest.mark.benchmark
 
 GIB = float(os.environ.get("LOADCHECK_DIFF_GIB", "1"))
 _CANDIDATE_VARIANT = {"reference-split": "reference_split", "transformers": "transformers"}
-_FINAL = re.compile(r"^EQUAL: .*?([\d.]+) GB compared in ([\d.]+) s .*?peak RSS ([\d.]+) GB, "
+_FINAL = re.compile(r"^EQUAL: .*?([\d.]+) GB compared in ([\d.]+) s .*?"
+                    r"peak RSS while comparing ([\d.]+) GB, "
                     r"([\d.]+) GB above the candidate's loaded model \(largest group ([\d.]+) GB\)")
 _ROWS: list[str] = []
 

@@ -150,19 +150,22 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory):
 _ROWS: dict[tuple[float, str], dict[str, float]] = {}
 
 
-def _time(load: Callable[[Bench], dict], bench: Bench) -> list[float]:
-    """ROUNDS timed rounds of load + touch after one warm-up; tensors freed between."""
-    times = []
+def _time(load: Callable[[Bench], dict], bench: Bench) -> tuple[list[float], list[float]]:
+    """ROUNDS timed rounds of load + touch after one warm-up; tensors freed between.
+    Returns sorted wall times and sorted CPU times (user + system of this process: on a
+    shared machine, less sensitive than wall time to what the other processes do)."""
+    times, cpu = [], []
     for round_ in range(ROUNDS + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         tensors = load(bench)
         checksum = touch(tensors)
-        elapsed = time.perf_counter() - start
+        elapsed, used = time.perf_counter() - start, time.process_time() - start_cpu
         del tensors
         assert checksum == bench.checksum, "bytes differ from those written"
         if round_:
             times.append(elapsed)
-    return sorted(times)
+            cpu.append(used)
+    return sorted(times), sorted(cpu)
 
 
 _CASES = [(gib, v) for gib in SIZES_GIB for v in ("safetensors", "reference_fused",
@@ -176,31 +179,34 @@ def test_growth(gib, variant, checkpoints, request):
         _ROWS[(gib, variant)] = {"absent": 1.0}
         pytest.skip(f"{variant} is not installed here (its environment: tox -e {variant})")
     bench = checkpoints(gib)
-    times = _time(VARIANTS[variant], bench)
+    times, cpu = _time(VARIANTS[variant], bench)
     peak = measure_peak(variant, bench, module=__name__)
     assert peak["checksum"] == bench.checksum
     median = times[len(times) // 2]
     _ROWS[(gib, variant)] = {"bytes": bench.nbytes, "median_s": median, "min_s": times[0],
-                             "max_s": times[-1], "peak": peak["delta"]}
+                             "max_s": times[-1], "cpu_s": cpu[len(cpu) // 2],
+                             "peak": peak["delta"]}
 
 
 def test_zz_print_table(request):
     """Last: the table, ratios within this run (vs st: safetensors' median time over this
-    variant's, same size; >1 is faster)."""
+    variant's, same size; >1 is faster; cpu vs st the same for CPU time)."""
     lines = ["", f"load growth ({ROUNDS} rounds after a warm-up; load + touch every byte; "
                  "warm page cache; GB = 1e9 B; peak = VmHWM delta / checkpoint bytes)",
              f"{'GiB':>5} {'variant':<16}{'bytes':>14}{'median ms':>11}{'min':>9}{'max':>9}"
-             f"{'GB/s':>7}{'vs st':>7}{'s/GB':>7}{'peak/ckpt':>10}"]
+             f"{'GB/s':>7}{'vs st':>7}{'s/GB':>7}{'cpu ms':>9}{'cpu vs st':>10}{'peak/ckpt':>10}"]
     for (gib, variant), row in _ROWS.items():
         if "absent" in row:
             lines.append(f"{gib:>5} {variant:<16}  not measured: not installed in this environment")
             continue
         base = _ROWS.get((gib, "safetensors"))
         ratio = base["median_s"] / row["median_s"] if base else float("nan")
+        cpu_ratio = base["cpu_s"] / row["cpu_s"] if base else float("nan")
         gbps = row["bytes"] / row["median_s"] / 1e9
         lines.append(f"{gib:>5} {variant:<16}{row['bytes']:>14,}{row['median_s'] * 1e3:>11.1f}"
                      f"{row['min_s'] * 1e3:>9.1f}{row['max_s'] * 1e3:>9.1f}{gbps:>7.2f}"
                      f"{ratio:>7.2f}{row['median_s'] / row['bytes'] * 1e9:>7.3f}"
+                     f"{row['cpu_s'] * 1e3:>9.0f}{cpu_ratio:>10.2f}"
                      f"{row['peak'] / row['bytes']:>10.3f}")
     text = "\n".join(lines)
     print(text)

@@ -122,6 +122,7 @@ class Differential:
         self.bytes_compared = 0
         self.largest_group = 0  # bytes of the largest group compared (one layer, usually)
         self.candidate_rss = 0  # RSS right after the candidate's load (its own model)
+        self.peak = 0  # peak RSS while comparing (after each candidate load)
         self.divergent = 0
         self.weight_map = {}
         if (checkpoint / INDEX_FILE).exists():
@@ -137,12 +138,24 @@ class Differential:
         return plain, replace(plain, poison=self.poison)
 
     def run_rank(self, rank: int) -> list[Divergence]:
+        try:
+            return self._run_rank(rank)
+        finally:
+            self.peak = max(self.peak, _rss("VmHWM"))
+
+    def _run_rank(self, rank: int) -> list[Divergence]:
         ref_options, cand_options = self.options(rank)
         tag = f"tp rank {rank}/{self.tp_size}: " if self.tp_size > 1 else ""
-        started = time.perf_counter()
+        started, before = time.perf_counter(), _rss()
         found = run_outcome(lambda: self.candidate.load(str(self.checkpoint), self.spec,
                                                         cand_options))
-        self.candidate_rss = max(self.candidate_rss, _rss())
+        # The candidate's own model: what it holds resident now, or its tensors' bytes if
+        # they are lazy file mappings that the comparison will fault in (transformers).
+        held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in (found.result.state.values() if found.result else ())
+                if t.device.type == "cpu"}
+        self.candidate_rss = max(self.candidate_rss, _rss(), before + sum(held.values()))
+        _reset_peak()  # the candidate's own load peak is its business; from here, ours
         self.say(f"{tag}candidate loaded in {time.perf_counter() - started:.1f} s "
                  f"(RSS {_rss() / 1e9:.2f} GB)")
         expected = run_outcome(lambda: self.reference.load(str(self.checkpoint), self.spec,
@@ -233,15 +246,14 @@ class Differential:
                  f"{self.checkpoint}")
         self.say(f"  spec from config.json: {self.spec.summary()}")
         started, divergences = time.perf_counter(), []
-        _reset_peak()
         for rank in range(self.tp_size):
             divergences += self.run_rank(rank)
         seconds = time.perf_counter() - started
-        peak = _rss("VmHWM")
+        peak = self.peak
         self.say(f"{'DIVERGES' if divergences else 'EQUAL'}: {len(divergences)} divergences; "
                  f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.1f} s "
                  f"({self.bytes_compared / 1e9 / max(seconds, 1e-9):.2f} GB/s end to end, "
-                 f"both loads included); peak RSS {peak / 1e9:.2f} GB, "
+                 f"both loads included); peak RSS while comparing {peak / 1e9:.2f} GB, "
                  f"{max(0, peak - self.candidate_rss) / 1e9:.3f} GB above the candidate's "
                  f"loaded model (largest group {self.largest_group / 1e9:.3f} GB)"
                  + (f"; records in {self.records.path}" if divergences else ""))

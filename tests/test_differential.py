@@ -6,6 +6,7 @@ into a spec or refused with one line naming the field."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,21 @@ PHI3 = ModelSpec(family="phi3", vocab_size=64, hidden_size=32, intermediate_size
                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
 
 
+FP8 = replace(LLAMA, dtype="bfloat16", fp8_checkpoint="fp8", fp8_input_scale=True)
+# Different scales per q / k / v slot, so requantizing to their max changes codes.
+FP8_SCALES = tuple((f"model.layers.{layer}.self_attn.{part}.weight_scale", value)
+                   for layer in range(FP8.num_layers)
+                   for part, value in (("q_proj", 0.5), ("k_proj", 0.25), ("v_proj", 1.0)))
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("differential")
     plain = CheckpointPlan(LLAMA, shards=2, data_seed=3).write(root / "plain")
     return {"plain": plain, "hub": hub_cache_layout(plain, root / "hub"),
-            "phi3": CheckpointPlan(PHI3, fused=True, shards=2, data_seed=3).write(root / "phi3")}
+            "phi3": CheckpointPlan(PHI3, fused=True, shards=2, data_seed=3).write(root / "phi3"),
+            "fp8": CheckpointPlan(FP8, shards=2, data_seed=5, fp8_scales=FP8_SCALES).write(
+                root / "fp8")}
 
 
 def _run(capsys, tmp_path, *args: str) -> tuple[int, str, list[dict]]:
@@ -73,6 +83,18 @@ def test_an_unwritten_fused_slot_is_caught(checkpoints, capsys, tmp_path):
                         "--checkpoint", str(checkpoints["phi3"]))
     assert code == 1, out
     assert "model.layers.0.mlp.up_proj.weight" in out and "poison pattern" in out
+
+
+def test_fp8_matrices_are_compared_per_logical_matrix(checkpoints, capsys, tmp_path):
+    code, out, _ = _run(capsys, tmp_path, "--loader", "reference",
+                        "--checkpoint", str(checkpoints["fp8"]))
+    assert code == 0, out
+    code, out, _ = _run(capsys, tmp_path, "--loader",
+                        "tests.mutants.p3_max_scale_without_requantizing",
+                        "--checkpoint", str(checkpoints["fp8"]))
+    assert code == 1, out
+    assert ("model.layers.0.self_attn.k_proj (slot 1 (k_proj) of "
+            "model.layers.0.self_attn.qkv_proj): FP8 matrix differs") in out
 
 
 def test_an_inexpressible_config_is_refused_in_one_line(checkpoints, capsys, tmp_path):
