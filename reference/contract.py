@@ -100,6 +100,18 @@ VARIANTS: Mapping[str, tuple[str, ...]] = {
     "fp8_cuda_codes": ("exact", "one_step"),
 }
 
+# ----- serialized FP8 as compressed-tensors readers keep it (issue 17) -------------------
+VARIANTS = {**VARIANTS,
+    # Fused scales, third value "w8a16_per_slot": per slot for a compressed-tensors
+    # checkpoint without input scales (vLLM and SGLang take it as weight-only W8A16 and
+    # expand each slot's scale to its rows), max_requant otherwise (`fp8` configs, W8A8).
+    "fp8_fused_scales": VARIANTS["fp8_fused_scales"] + ("w8a16_per_slot",),
+    # The dtype a serialized scale is kept in: float32 (vLLM), or the weight's dtype
+    # (compressed-tensors' initialize_qparams), which rounds a float32 checkpoint scale
+    # (bfloat16 keeps 8 bits; float16 flushes scales below 2^-24 to zero).
+    "fp8_scale_storage": ("float32", "weight"),
+}
+
 FAMILIES = ("llama", "qwen2", "phi3")
 FP8_CHECKPOINT_FORMATS = (None, "compressed-tensors", "fp8")
 # The linear projections of a decoder layer: what FP8 quantizes (never embeddings, norms,

@@ -367,7 +367,11 @@ class ReferenceLoader:
         max_requant: each fused q/k/v and gate/up group is requantized to the max of its
         scale slots, and its input scales replaced by their max (vLLM). Every slot was
         written by the checkpoint (a fused-on-disk scale fills them all)."""
-        if self.fp8_rules.fused_scales != "max_requant":
+        if self.fp8_rules.scale_storage != "float32":  # issue 17: scales in the weight dtype
+            dtype = views["model.embed_tokens.weight"].dtype
+            for name in sorted(n for n in loaded if n.endswith("_scale")):
+                views[name].copy_(self.fp8_rules.stored_scale(views[name], dtype))
+        if self.fp8_rules.fused_scales_of(spec) != "max_requant":
             return
         for layer in range(spec.num_layers):
             for parts in FUSED_PROJECTIONS.values():
