@@ -61,8 +61,9 @@ def serialized_cases(draw, capabilities: frozenset[str], *, device: str = "cpu",
     `drop_scale` leaves one weight_scale out with tracking on."""
     base = draw(load_cases(capabilities, device=device, tp=tp,
                            track=True if drop_scale else None), label="base case")
-    spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(
-        ["compressed-tensors", "fp8"]), label="fp8 config"),
+    forms = ["compressed-tensors"] + (["fp8"] if "fp8_vllm_config" in capabilities else [])
+    spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(forms),
+                                                       label="fp8 config"),
         fp8_input_scale=draw(st.booleans(), label="input scales"))
     scales = draw(scale_tables(spec, fused_on_disk=base.plan.fused,
                                distinct_slots=distinct_slots), label="scales")

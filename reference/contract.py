@@ -60,6 +60,12 @@ CAPABILITIES: Mapping[str, str] = {
     "offload": "offloads parameters to the host with prefetch",
     "cuda": "loads onto a CUDA device",
 }
+# issue 17: which serialized FP8 config a loader reads. compressed-tensors is the form
+# every FP8 reader here knows; vLLM's `quant_method: fp8` is claimed separately
+# (transformers reads `fp8` as its own block-wise FineGrainedFP8 method).
+CAPABILITIES = {**CAPABILITIES,
+                "fp8_vllm_config": "with fp8_serialized: also vLLM's `quant_method: fp8` "
+                                   "per-tensor config (compressed-tensors otherwise)"}
 
 # Where real loaders legitimately differ. Each variant has a default (the first value);
 # a loader declares which one it follows and the reference computes the expected

@@ -58,3 +58,22 @@ def test_the_new_values_are_valid_declarations():
     assert check_loader(loader) == []
     loader.variants = {"fp8_scale_storage": "bfloat16"}
     assert any("fp8_scale_storage" in problem for problem in check_loader(loader))
+
+
+def test_the_vllm_fp8_config_is_drawn_only_for_loaders_that_read_it():
+    from hypothesis import HealthCheck, given, settings
+
+    from generators.fp8 import serialized_cases
+    from reference.contract import CAPABILITIES
+    for claimed, allowed in ((frozenset(CAPABILITIES) - {"fp8_vllm_config"},
+                              {"compressed-tensors"}),
+                             (frozenset(CAPABILITIES), {"compressed-tensors", "fp8"})):
+        seen = set()
+
+        @settings(max_examples=40, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=serialized_cases(claimed))
+        def draw(case):
+            seen.add(case.plan.spec.fp8_checkpoint)
+        draw()
+        assert seen == allowed

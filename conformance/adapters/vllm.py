@@ -473,7 +473,8 @@ class VllmFp8Loader(VllmLoader):
     """
 
     name = "vllm-fp8"
-    capabilities = VllmLoader.capabilities | {"fp8_serialized", "fp8_online", "reload"}
+    capabilities = VllmLoader.capabilities | {"fp8_serialized", "fp8_vllm_config",
+                                              "fp8_online", "reload"}
     variants = {**VllmLoader.variants,
                 # Fp8LinearMethod / Fp8PerTensorOnlineLinearMethod quantize the fused
                 # qkv_proj / gate_up_proj parameter as one tensor (one amax).
