@@ -116,6 +116,11 @@ VARIANTS = {**VARIANTS,
     # (compressed-tensors' initialize_qparams), which rounds a float32 checkpoint scale
     # (bfloat16 keeps 8 bits; float16 flushes scales below 2^-24 to zero).
     "fp8_scale_storage": ("float32", "weight"),
+    # The vocabulary rows of a TP rank (embed_tokens, lm_head): V / tp each ("even"), or
+    # "padded64": V padded to a multiple of 64 and the padded range split evenly, each
+    # rank holding the real rows of its part (vLLM's and SGLang's VocabParallelEmbedding:
+    # with V=32 and tp=2, rank 0 holds all 32 rows and rank 1 none).
+    "vocab_shards": ("even", "padded64"),
 }
 
 FAMILIES = ("llama", "qwen2", "phi3")

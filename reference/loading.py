@@ -302,14 +302,15 @@ class ReferenceLoader:
         return TinyDecoderLM(spec, dtype=torch_dtype(options.dtype or spec.dtype),
                              device="meta" if options.meta_init else "cpu",
                              tp_size=options.tp_size, tp_rank=options.tp_rank,
-                             fused=self.fused_params)
+                             fused=self.fused_params, vocab_shards=self.variants["vocab_shards"])
 
     def materialize(self, model: TinyDecoderLM, options: LoadOptions) -> None:
         """Storage for every meta tensor on the host, before any weight arrives."""
         model.materialize("cpu", poison=options.poison)
 
     def rank_slice(self, spec: ModelSpec, name: str, options: LoadOptions) -> RankSlice | None:
-        return rank_slice(spec, name, options.tp_size, options.tp_rank)
+        return rank_slice(spec, name, options.tp_size, options.tp_rank,
+                          self.variants["vocab_shards"])
 
     def _rows(self, copy: Copy, spec: ModelSpec, options: LoadOptions):
         """This rank's piece of a slot, and the rows of the checkpoint tensor it reads."""
