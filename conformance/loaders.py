@@ -15,6 +15,9 @@ __all__ = ["LoaderResolutionError", "resolve", "ADAPTERS"]
 
 ADAPTERS = {name: f"conformance.adapters.{name}" for name in
             ("transformers", "accelerate", "torchao", "vllm")}
+# issue 17: more real candidates (a name with a dash names a module with an underscore)
+ADAPTERS.update({name: f"conformance.adapters.{name.replace('-', '_')}" for name in
+                 ("fastsafetensors", "transformers-ct", "sglang")})
 
 
 class LoaderResolutionError(Exception):

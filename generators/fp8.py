@@ -61,14 +61,18 @@ def serialized_cases(draw, capabilities: frozenset[str], *, device: str = "cpu",
     `drop_scale` leaves one weight_scale out with tracking on."""
     base = draw(load_cases(capabilities, device=device, tp=tp,
                            track=True if drop_scale else None), label="base case")
-    spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(
-        ["compressed-tensors", "fp8"]), label="fp8 config"),
+    forms = ["compressed-tensors"] + (["fp8"] if "fp8_vllm_config" in capabilities else [])
+    spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(forms),
+                                                       label="fp8 config"),
         fp8_input_scale=draw(st.booleans(), label="input scales"))
     scales = draw(scale_tables(spec, fused_on_disk=base.plan.fused,
                                distinct_slots=distinct_slots), label="scales")
     weights = spec.quantized_weights()
     plan = replace(base.plan, spec=spec, fp8_scales=tuple(sorted(scales.items())),
-                   scale_as_vector=draw(st.booleans(), label="scales as [1]"))
+                   # compressed-tensors always writes a per-tensor scale as [1]
+                   # (initialize_qparams); vLLM's `fp8` form may hold () or [1]
+                   scale_as_vector=spec.fp8_checkpoint == "compressed-tensors"
+                   or draw(st.booleans(), label="scales as [1]"))
     if zero:
         plan = replace(plan, zero_weights=tuple(draw(st.lists(st.sampled_from(weights),
                                                               max_size=1))))

@@ -60,6 +60,12 @@ CAPABILITIES: Mapping[str, str] = {
     "offload": "offloads parameters to the host with prefetch",
     "cuda": "loads onto a CUDA device",
 }
+# issue 17: which serialized FP8 config a loader reads. compressed-tensors is the form
+# every FP8 reader here knows; vLLM's `quant_method: fp8` is claimed separately
+# (transformers reads `fp8` as its own block-wise FineGrainedFP8 method).
+CAPABILITIES = {**CAPABILITIES,
+                "fp8_vllm_config": "with fp8_serialized: also vLLM's `quant_method: fp8` "
+                                   "per-tensor config (compressed-tensors otherwise)"}
 
 # Where real loaders legitimately differ. Each variant has a default (the first value);
 # a loader declares which one it follows and the reference computes the expected
@@ -98,6 +104,23 @@ VARIANTS: Mapping[str, tuple[str, ...]] = {
     "fp8_dequant": ("float32", "float16"),
     # FP8 codes computed on CUDA against the CPU reference: equal, or within one code step.
     "fp8_cuda_codes": ("exact", "one_step"),
+}
+
+# ----- serialized FP8 as compressed-tensors readers keep it (issue 17) -------------------
+VARIANTS = {**VARIANTS,
+    # Fused scales, third value "w8a16_per_slot": per slot for a compressed-tensors
+    # checkpoint without input scales (vLLM and SGLang take it as weight-only W8A16 and
+    # expand each slot's scale to its rows), max_requant otherwise (`fp8` configs, W8A8).
+    "fp8_fused_scales": VARIANTS["fp8_fused_scales"] + ("w8a16_per_slot",),
+    # The dtype a serialized scale is kept in: float32 (vLLM), or the weight's dtype
+    # (compressed-tensors' initialize_qparams), which rounds a float32 checkpoint scale
+    # (bfloat16 keeps 8 bits; float16 flushes scales below 2^-24 to zero).
+    "fp8_scale_storage": ("float32", "weight"),
+    # The vocabulary rows of a TP rank (embed_tokens, lm_head): V / tp each ("even"), or
+    # "padded64": V padded to a multiple of 64 and the padded range split evenly, each
+    # rank holding the real rows of its part (vLLM's and SGLang's VocabParallelEmbedding:
+    # with V=32 and tp=2, rank 0 holds all 32 rows and rank 1 none).
+    "vocab_shards": ("even", "padded64"),
 }
 
 FAMILIES = ("llama", "qwen2", "phi3")

@@ -69,13 +69,30 @@ class Fp8Rules:
     fused_scales: str = "max_requant"
     dequant: str = "float32"
     scale_dtype: str = "float32"
+    scale_storage: str = "float32"
 
     @classmethod
     def from_variants(cls, variants: Mapping[str, str]) -> "Fp8Rules":
         pick = {k: variants.get(k, VARIANTS[k][0]) for k in VARIANTS if k.startswith("fp8_")}
         return cls(unit=pick["fp8_unit"], scale_op=pick["fp8_scale_op"],
                    floor=pick["fp8_scale_floor"], fused_scales=pick["fp8_fused_scales"],
-                   dequant=pick["fp8_dequant"], scale_dtype=pick["fp8_scale_dtype"])
+                   dequant=pick["fp8_dequant"], scale_dtype=pick["fp8_scale_dtype"],
+                   scale_storage=pick["fp8_scale_storage"])
+
+    # ----- serialized checkpoints as compressed-tensors readers keep them (issue 17) -----
+    def fused_scales_of(self, spec: ModelSpec) -> str:
+        """`max_requant` or `per_slot` for this checkpoint: `w8a16_per_slot` keeps slots
+        only for a compressed-tensors checkpoint without input scales (weight-only)."""
+        if self.fused_scales != "w8a16_per_slot":
+            return self.fused_scales
+        weight_only = spec.fp8_checkpoint == "compressed-tensors" and not spec.fp8_input_scale
+        return "per_slot" if weight_only else "max_requant"
+
+    def stored_scale(self, scale: torch.Tensor, weight_dtype: torch.dtype) -> torch.Tensor:
+        """A serialized scale as the loader keeps it (`fp8_scale_storage`), as float32."""
+        if self.scale_storage == "weight":
+            return scale.to(weight_dtype).float()
+        return scale
 
 
 def check_finite_weight(name: str, weight: torch.Tensor) -> None:
@@ -185,6 +202,8 @@ def export_fp8_checkpoint(directory: Path, spec: ModelSpec, state: Mapping[str, 
     (compressed-tensors config). Returns the checkpoint's spec."""
     serialized = replace(spec, fp8_checkpoint="compressed-tensors", fp8_input_scale=False)
     tensors = to_checkpoint_tensors(serialized, state, fused=False)
+    # compressed-tensors' per-tensor scale has shape [1] (its initialize_qparams)
+    tensors = {k: t.reshape(1) if k.endswith("_scale") else t for k, t in tensors.items()}
     write_checkpoint(directory, serialized.to_hf_config(),
                      [sorted((k, t.detach().cpu().contiguous()) for k, t in tensors.items())])
     return serialized

@@ -308,14 +308,15 @@ class ReferenceLoader:
         return TinyDecoderLM(spec, dtype=torch_dtype(options.dtype or spec.dtype),
                              device="meta" if options.meta_init else "cpu",
                              tp_size=options.tp_size, tp_rank=options.tp_rank,
-                             fused=self.fused_params)
+                             fused=self.fused_params, vocab_shards=self.variants["vocab_shards"])
 
     def materialize(self, model: TinyDecoderLM, options: LoadOptions) -> None:
         """Storage for every meta tensor on the host, before any weight arrives."""
         model.materialize("cpu", poison=options.poison)
 
     def rank_slice(self, spec: ModelSpec, name: str, options: LoadOptions) -> RankSlice | None:
-        return rank_slice(spec, name, options.tp_size, options.tp_rank)
+        return rank_slice(spec, name, options.tp_size, options.tp_rank,
+                          self.variants["vocab_shards"])
 
     def _rows(self, copy: Copy, spec: ModelSpec, options: LoadOptions):
         """This rank's piece of a slot, and the rows of the checkpoint tensor it reads."""
@@ -405,7 +406,11 @@ class ReferenceLoader:
         max_requant: each fused q/k/v and gate/up group is requantized to the max of its
         scale slots, and its input scales replaced by their max (vLLM). Every slot was
         written by the checkpoint (a fused-on-disk scale fills them all)."""
-        if self.fp8_rules.fused_scales != "max_requant":
+        if self.fp8_rules.scale_storage != "float32":  # issue 17: scales in the weight dtype
+            dtype = views["model.embed_tokens.weight"].dtype
+            for name in sorted(n for n in loaded if n.endswith("_scale")):
+                views[name].copy_(self.fp8_rules.stored_scale(views[name], dtype))
+        if self.fp8_rules.fused_scales_of(spec) != "max_requant":
             return
         for layer in range(spec.num_layers):
             for parts in FUSED_PROJECTIONS.values():

@@ -84,10 +84,11 @@ class TinyDecoderLM(nn.Module):
     """
 
     def __init__(self, spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str,
-                 tp_size: int = 1, tp_rank: int = 0, fused: bool = True):
+                 tp_size: int = 1, tp_rank: int = 0, fused: bool = True,
+                 vocab_shards: str = "even"):
         super().__init__()
         self.spec, self.fused, self.tp_size = spec, fused, tp_size
-        self.shapes = rank_shapes(spec, tp_size, tp_rank)
+        self.shapes = rank_shapes(spec, tp_size, tp_rank, vocab_shards)
         # extras, serialized FP8 weights and every scale keep their own dtype
         own_dtype = {e.canonical_name for e in spec.extras} | (
             set(spec.quantized_weights()) if spec.fp8_checkpoint else set())

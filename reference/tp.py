@@ -53,11 +53,17 @@ def _module(name: str) -> str:
     return parts[-2] if len(parts) >= 2 else ""
 
 
-def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int) -> RankSlice | None:
-    """The part of canonical parameter `name` that rank `rank` holds (None: all of it)."""
+def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int,
+               vocab_shards: str = "even") -> RankSlice | None:
+    """The part of canonical parameter `name` that rank `rank` holds (None: all of it);
+    `vocab_shards` is the contract variant of that name."""
     if tp_size == 1:
         return None
     module, is_weight = _module(name), name.endswith(".weight")
+    if name in _VOCAB and vocab_shards == "padded64":
+        per = -(-spec.vocab_size // 64) * 64 // tp_size
+        return RankSlice(0, min(spec.vocab_size, rank * per),
+                         min(spec.vocab_size, (rank + 1) * per))
     if name in _VOCAB:
         per = spec.vocab_size // tp_size
         return RankSlice(0, rank * per, (rank + 1) * per)
@@ -81,11 +87,12 @@ def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int) -> RankSlice
     return None
 
 
-def rank_shapes(spec: ModelSpec, tp_size: int, rank: int) -> dict[str, tuple[int, ...]]:
+def rank_shapes(spec: ModelSpec, tp_size: int, rank: int, vocab_shards: str = "even"
+                ) -> dict[str, tuple[int, ...]]:
     """Canonical name -> the shape rank `rank` holds."""
     shapes = {}
     for name, shape in spec.parameter_shapes().items():
-        piece = rank_slice(spec, name, tp_size, rank)
+        piece = rank_slice(spec, name, tp_size, rank, vocab_shards)
         if piece is not None:
             shape = shape[:piece.dim] + (piece.stop - piece.start,) + shape[piece.dim + 1:]
         shapes[name] = shape
