@@ -380,6 +380,11 @@ class LoadOptions:
         return " ".join(parts + on)
 
 
+# (parent, module) of a canonical projection -> the fused module that stacks it in memory
+_FUSED_MODULE_OF = {("self_attn", m): "qkv_proj" for m in ("q_proj", "k_proj", "v_proj")} | {
+    ("mlp", m): "gate_up_proj" for m in ("gate_proj", "up_proj")}
+
+
 @dataclass(frozen=True)
 class OffloadPlan:
     """What to offload (vLLM's prefetch offloader): layer i iff `i % group_size >=
@@ -399,13 +404,20 @@ class OffloadPlan:
         return layer % self.group_size >= self.group_size - self.offload_per_group
 
     def selects(self, name: str) -> bool:
-        """Whether the filter matches `name` as a run of whole dotted segments."""
+        """Whether the filter matches the canonical `name` as a run of whole dotted segments.
+        A fused module's name (`self_attn.qkv_proj`, vLLM's spelling) stands for its parts,
+        so a loader offloads the same tensors whether it keeps them split or fused in memory
+        (a fused parameter is selected when its parts are; filters select whole groups)."""
         if not self.param_filter:
             return True
         segments = name.split(".")
-        return any(segments[i:i + len(wanted)] == wanted
+        spellings = [segments] + [
+            segments[:i + 1] + [_FUSED_MODULE_OF[pair]] + segments[i + 2:]
+            for i, pair in enumerate(zip(segments, segments[1:])) if pair in _FUSED_MODULE_OF]
+        return any(spelling[i:i + len(wanted)] == wanted
+                   for spelling in spellings
                    for wanted in (p.split(".") for p in self.param_filter)
-                   for i in range(len(segments) - len(wanted) + 1))
+                   for i in range(len(spelling) - len(wanted) + 1))
 
     def summary(self) -> str:
         only = f", only {'|'.join(self.param_filter)}" if self.param_filter else ""
