@@ -26,6 +26,7 @@ from reference.tp import rank_slice
 from .repro import CASE_FILE
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
+from .failures import failure_type
 from .fp8_compare import refine_fp8
 from .session import current
 from .survival import call_with_timeout
@@ -173,7 +174,7 @@ def fail_on(divergences: list[Divergence], prop: str, case,
             record["repro_command"] = (f"python -m conformance.repro {shlex.quote(str(target))}"
                                        f" --loader {shlex.quote(run.loader_name)}")
         run.records.write(record)
-    raise AssertionError(message)
+    raise failure_type(prop, divergences)(message)  # one type per kind: see failures.py
 
 
 def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
