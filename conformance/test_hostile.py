@@ -59,6 +59,9 @@ def test_named_hostile_checkpoint_is_refused(name):
     lacking = sorted(hostile.needs - run.capabilities)
     if lacking:
         pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
+    outside = run.support.outside(hostile.spec)
+    if outside:
+        pytest.skip(f"loader {run.loader_name!r} does not support {', '.join(outside)}")
     with tempfile.TemporaryDirectory(prefix="loadcheck-hostile-") as tmp:
         directory = Path(tmp) / "checkpoint"
         directory.mkdir()
@@ -74,7 +77,7 @@ def test_corrupted_bytes_are_refused_or_loaded_alike(data):
     """Cut a valid file anywhere, or overwrite a few bytes anywhere (the header most
     often): the candidate refuses what the reference refuses, and otherwise agrees."""
     run = current()
-    spec = data.draw(model_specs(max_layers=1), label="spec")
+    spec = data.draw(model_specs(support=run.support, max_layers=1), label="spec")
     corruption: Corruption = data.draw(corruptions(spec), label="corruption")
     with tempfile.TemporaryDirectory(prefix="loadcheck-corrupt-") as tmp:
         directory = corruption.write(Path(tmp) / "checkpoint")
