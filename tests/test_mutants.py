@@ -38,7 +38,7 @@ def test_mutant_is_caught(name, tmp_path):
         f"{name}: took {record['examples_before_failure']} examples to catch "
         f"(budget {MAX_EXAMPLES_TO_CATCH})")
     assert f"--loader tests.mutants.{name}" in record["rerun"]
-    assert "re-run: pytest" in run.output
+    assert f"re-run: PYTHONPATH={ROOT} {sys.executable} -m pytest conformance/" in run.output
 
 
 def test_repro_checkpoint_reproduces_the_failure(tmp_path):
