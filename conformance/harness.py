@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from .baseline import divergence_key, short_test, signature
 from .repro import CASE_FILE
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
+from .failures import failure_type
 from .fp8_compare import refine_fp8
 from .session import current
 from .survival import call_with_timeout
@@ -48,11 +50,47 @@ def _nodeid() -> str:
     return os.environ.get("PYTEST_CURRENT_TEST", "conformance").split(" ")[0]
 
 
+def _from_here(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _calling_test_module():
+    """The suite's test module on the stack (a nodeid may not name its file: with --pyargs
+    from outside pytest's rootdir it is `::test_name`)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith(f"{__package__}.test_"):
+            return sys.modules[name]
+        frame = frame.f_back
+    return None
+
+
+def _test_target() -> list[str]:
+    """This test as the user can name it from where they stand: its file (the suite's own
+    copy, wherever pytest's rootdir is) relative to the working directory, or, when the
+    suite lies elsewhere (an installed one), `--pyargs conformance.test_x::name`."""
+    path, _, rest = _nodeid().partition("::")
+    module = _calling_test_module()
+    test_file = Path(module.__file__ if module else Path(__file__).parent / Path(path).name
+                     ).resolve()
+    if Path.cwd() in test_file.parents:
+        return [f"{_from_here(test_file)}::{rest}"]
+    return ["--pyargs", f"{__package__}.{test_file.stem}::{rest}"]
+
+
 def rerun_command() -> str:
-    """The one line that replays this test's failure (derandomized profiles replay as is;
-    others need the seed)."""
+    """The one line that replays this test's failure, runnable as printed from the working
+    directory: the interpreter that ran the suite, the PYTHONPATH it had (where an
+    out-of-tree adapter lives), the test, the loader and the profile (derandomized
+    profiles replay as is; others need the seed)."""
     run = current()
-    parts = ["pytest", _nodeid(), "--loader", run.loader_name, f"--hypothesis-profile={run.profile}"]
+    parts = [_from_here(Path(sys.executable)), "-m", "pytest", *_test_target(),
+             "--loader", run.loader_name, f"--hypothesis-profile={run.profile}"]
     if run.isolated:
         parts.append("--isolate")
     if run.seed is not None:
@@ -61,7 +99,9 @@ def rerun_command() -> str:
         parts.append(f"--device={run.device}")
     if run.baseline is not None:  # known divergences pass, so the search goes where it went
         parts.append(f"--baseline={run.baseline.path}")
-    return " ".join(shlex.quote(p) for p in parts)
+    pythonpath = os.environ.get("PYTHONPATH")
+    prefix = f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else ""
+    return prefix + " ".join(shlex.quote(p) for p in parts)
 
 
 def seed_for(nodeid: str) -> int | None:
@@ -270,7 +310,7 @@ def fail_on(divergences: list[Divergence], prop: str, case,
             record["repro_command"] = (f"python -m conformance.repro {shlex.quote(str(target))}"
                                        f" --loader {shlex.quote(run.loader_name)}")
         run.records.write(record)
-    raise AssertionError(message)
+    raise failure_type(prop, divergences)(message)  # one type per kind: see failures.py
 
 
 def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,

@@ -7,6 +7,7 @@ module exposing `loader` (an instance) or `make_loader()`, or `module:attr`.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from typing import Any
@@ -18,6 +19,8 @@ ADAPTERS = {name: f"conformance.adapters.{name}" for name in
 # issue 17: more real candidates (a name with a dash names a module with an underscore)
 ADAPTERS.update({name: f"conformance.adapters.{name.replace('-', '_')}" for name in
                  ("fastsafetensors", "transformers-ct", "sglang")})
+BUILTINS = ("reference", "reference-split")
+KNOWN_NAMES = BUILTINS + tuple(sorted(ADAPTERS))
 
 
 class LoaderResolutionError(Exception):
@@ -48,10 +51,11 @@ def resolve(name: str) -> Any:
     if found is None:
         hint = (f"adapter {name!r} is not available in this installation"
                 if name in ADAPTERS else f"no importable module {module_name!r}")
+        close = difflib.get_close_matches(name, KNOWN_NAMES, n=1)
+        hint += f"; did you mean {close[0]!r}?" if close and name not in ADAPTERS else "."
         raise LoaderResolutionError(
-            f"--loader {name}: {hint}; use 'reference', an adapter "
-            f"({', '.join(sorted(ADAPTERS))}), a module exposing `loader` or `make_loader()`, "
-            f"or module:attr")
+            f"--loader {name}: {hint} Known names: {', '.join(KNOWN_NAMES)}; or a module "
+            f"exposing `loader` or `make_loader()` (on PYTHONPATH), or module:attr")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:

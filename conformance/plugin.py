@@ -226,6 +226,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if loader.variants:
         lines.append("loadcheck variants: " + ", ".join(
             f"{k}={v}" for k, v in sorted(dict(loader.variants).items())))
+    if run.support.unsupported():  # declared model support: like unclaimed capabilities
+        lines.append("loadcheck model support: not generated: "
+                     + ", ".join(run.support.unsupported()))
     return lines
 
 

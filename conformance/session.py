@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from reference.contract import Loader
+from reference.contract import Loader, ModelSupport
 from .baseline import Baseline
 from reference.loading import ReferenceLoader
 from .records import RecordWriter
@@ -42,6 +42,11 @@ class RunConfig:
     @property
     def capabilities(self) -> frozenset[str]:
         return frozenset(self.candidate.capabilities)
+
+    @property
+    def support(self) -> ModelSupport:
+        """The models the candidate declares it takes (default: all the suite generates)."""
+        return getattr(self.candidate, "model_support", None) or ModelSupport()
 
 
 _current: RunConfig | None = None

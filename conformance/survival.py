@@ -188,6 +188,7 @@ class IsolatedLoader:
         self.name, self.version = candidate.name, candidate.version
         self.capabilities = frozenset(candidate.capabilities) - {"forward"}
         self.variants = dict(candidate.variants)
+        self.model_support = getattr(candidate, "model_support", None)
         self._child: subprocess.Popen | None = None
         self._stderr = tempfile.TemporaryFile()
 

@@ -21,7 +21,7 @@ def test_parameter_bytes_for_every_dtype(data):
     count_example()
     # Several extras of any dtype per model, so every example counts many dtypes at once
     # (a loader without `extras` is checked on the model's own float parameters).
-    case = data.draw(load_cases(run.capabilities, device=run.device, extras=True, tp=True,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extras=True, tp=True,
                                 extra_strategy=extra_params(min_count=3, max_count=6,
                                                             dtypes=any_dtype)), label="case")
     with written(case.plan) as directory:

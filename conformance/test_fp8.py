@@ -28,7 +28,7 @@ def test_serialized_fp8_matches_reference(data):
     """P3: every scale slot holds a checkpoint value (allocations poisoned first): a fused-on-
     disk scale fills every slot, split slots are requantized as declared, input scales too."""
     run = current()
-    case = data.draw(serialized_cases(run.capabilities, device=run.device, tp=True,
+    case = data.draw(serialized_cases(run.capabilities, support=run.support, device=run.device, tp=True,
                                       zero=True), label="case")
     check_case(case, "P3 FP8 scale slots")
 
@@ -39,7 +39,7 @@ def test_fused_and_split_fp8_checkpoints_agree(data):
     """P3 (seed 003): one FP8 matrix fused on disk (one scale) and split on disk (the same
     scale per slot) give the same codes and scales after post-processing."""
     run = current()
-    case = data.draw(serialized_cases(run.capabilities, device=run.device, tp=True,
+    case = data.draw(serialized_cases(run.capabilities, support=run.support, device=run.device, tp=True,
                                       distinct_slots=False), label="case")
     _, split = check_case(LoadCase(replace(case.plan, fused=False), case.options), "P3 FP8 fused/split")
     _, fused = check_case(LoadCase(replace(case.plan, fused=True), case.options), "P3 FP8 fused/split")
@@ -53,7 +53,7 @@ def test_online_fp8_matches_reference(data):
     """P4: online per-tensor (or per-row) quantization after loading: the reference's codes
     and scales, under the declared unit, scale operation and floor."""
     run = current()
-    case = data.draw(online_cases(run.capabilities, device=run.device, tp=True), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device=run.device, tp=True), label="case")
     check_case(case, "P4 online FP8")
 
 
@@ -63,7 +63,7 @@ def test_quantize_after_load_equals_quantize_on_load(data):
     """P4: load-then-quantize ≡ quantize-on-load, bit for bit."""
     run = current()
     count_example()
-    case = data.draw(online_cases(run.capabilities, device=run.device, tp=True), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device=run.device, tp=True), label="case")
     with written(case.plan) as directory:
         on_load = candidate_call(lambda: run.candidate.load(str(directory), case.plan.spec,
                                                             case.options))
@@ -89,7 +89,7 @@ def test_offline_export_loads_like_online(data):
     count_example()
     if run.reference.fp8_rules.unit == "row":
         pytest.skip("per-row scales have no per-tensor serialized form")
-    case = data.draw(online_cases(run.capabilities, device=run.device), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device=run.device), label="case")
     with written(case.plan) as directory:
         expected, online = load_both(case, directory)
         fail_on(outcome_divergences(case, expected, online, directory), "P4 offline export",
@@ -119,7 +119,7 @@ def test_online_fp8_round_trip_is_within_half_a_code_step(data):
     far from amax / 448, breaks this even where the reference shares the variant."""
     run = current()
     count_example()
-    case = data.draw(online_cases(run.capabilities, device=run.device, tp=True), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device=run.device, tp=True), label="case")
     # The corner where a scale computed in the weight's dtype underflows: float16, tiny.
     if data.draw(st.booleans(), label="float16 weights below 1.3e-5"):
         case = LoadCase(replace(case.plan, spec=replace(case.plan.spec, dtype="float16"),
@@ -141,7 +141,7 @@ def test_zero_weights_quantize_to_exact_zero(data):
     """P12: an all-zero weight gets a finite scale and dequantizes to exactly 0."""
     run = current()
     count_example()
-    case = data.draw(online_cases(run.capabilities, device=run.device, zero=True), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device=run.device, zero=True), label="case")
     with written(case.plan) as directory:
         expected, found = load_both(case, directory)
         divergences = outcome_divergences(case, expected, found, directory)
@@ -156,7 +156,7 @@ def test_zero_weights_quantize_to_exact_zero(data):
 def test_non_finite_weight_is_refused_by_online_quantization(data):
     """P12: NaN or Inf in a weight to be quantized is a clear error naming the tensor."""
     run = current()
-    case = data.draw(online_cases(run.capabilities, device=run.device, non_finite=True),
+    case = data.draw(online_cases(run.capabilities, support=run.support, device=run.device, non_finite=True),
                      label="case")
     check_case(case, "P12 non-finite")
 
@@ -167,7 +167,7 @@ def test_nan_code_in_fp8_checkpoint_is_refused(data):
     """P12: a NaN code (0x7f / 0xff) in a serialized FP8 weight is bad input with
     check_finite on, as a NaN in a float weight is."""
     run = current()
-    case = data.draw(serialized_cases(run.capabilities, device=run.device, nan_code=True),
+    case = data.draw(serialized_cases(run.capabilities, support=run.support, device=run.device, nan_code=True),
                      label="case")
     check_case(case, "P12 non-finite")
 
@@ -178,6 +178,6 @@ def test_missing_scale_is_reported(data):
     """P6 in quantized modules: a weight_scale the checkpoint lacks is a missing weight, and
     with tracking on an error naming it (vllm #57108: tracking on, nothing checked)."""
     run = current()
-    case = data.draw(serialized_cases(run.capabilities, device=run.device, drop_scale=True),
+    case = data.draw(serialized_cases(run.capabilities, support=run.support, device=run.device, drop_scale=True),
                      label="case")
     check_case(case, "P6 FP8 tracking")

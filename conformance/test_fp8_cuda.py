@@ -38,7 +38,7 @@ def test_cuda_codes_match_cpu_reference(data):
     if run.device != "cuda":
         pytest.skip("run with --device cuda")
     count_example()
-    case = data.draw(online_cases(run.capabilities, device="cuda"), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device="cuda"), label="case")
     with written(case.plan) as directory:
         want, got = _cpu_reference_and_cuda_candidate(run, case, directory)
         if want.result is None or got.result is None:
@@ -72,7 +72,7 @@ def test_scaled_mm_matches_dequantized_matmul(data):
     if run.device != "cuda" or not hasattr(torch, "_scaled_mm"):
         pytest.skip("run with --device cuda (torch._scaled_mm)")
     count_example()
-    case = data.draw(online_cases(run.capabilities, device="cuda"), label="case")
+    case = data.draw(online_cases(run.capabilities, support=run.support, device="cuda"), label="case")
     rows = data.draw(st.integers(1, 4), label="tokens")
     with written(case.plan) as directory:
         want, got = _cpu_reference_and_cuda_candidate(run, case, directory)

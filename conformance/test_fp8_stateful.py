@@ -68,7 +68,8 @@ class LoadReloadMachine(RuleBasedStateMachine):
     def load_first(self, data):
         count_example()
         run = self.run
-        self.case, _ = data.draw(reload_cases(run.capabilities, run.device), label="A")
+        self.case, _ = data.draw(reload_cases(run.capabilities, run.device, support=run.support),
+                                 label="A")
         directory = self._write(self.case.plan)
         mode = ("serialized FP8" if self.case.plan.spec.fp8_checkpoint else
                 "online FP8" if self.case.options.quantize else "plain")

@@ -15,6 +15,7 @@ from hypothesis import given, strategies as st
 from generators.cases import LoadCase
 from generators.hostile import BASE_SPEC, HOSTILE_CASES, VALID_LAYOUTS, Corruption, corruptions
 from generators.specs import model_specs
+from generators.unpickling import marker_path
 from reference.contract import LoadOptions, ModelSpec
 from .compare import Divergence, compare_outcomes
 from .harness import count_example, fail_on, load_both, name_sets
@@ -43,6 +44,11 @@ def _check(case: LoadCase, directory: Path, prop: str, must_refuse: str | None =
                              f"with {must_refuse}: {expected.describe()} (a loadcheck bug)")
     divergences = compare_outcomes(expected, found, name_sets=name_sets(run.capabilities),
                                    device=case.options.device, any_refusal=True)
+    if marker_path(directory).exists():  # whatever the candidate did next, this is the finding
+        divergences.insert(0, Divergence(
+            "error", "unpickling", "[critical] the candidate unpickled a checkpoint file: it called "
+            "the global the pickle names (a harmless marker here; any code in a real file)",
+            severity="critical"))
     fail_on(divergences, prop, case, directory)
 
 
@@ -53,6 +59,9 @@ def test_named_hostile_checkpoint_is_refused(name):
     lacking = sorted(hostile.needs - run.capabilities)
     if lacking:
         pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
+    outside = run.support.outside(hostile.spec)
+    if outside:
+        pytest.skip(f"loader {run.loader_name!r} does not support {', '.join(outside)}")
     with tempfile.TemporaryDirectory(prefix="loadcheck-hostile-") as tmp:
         directory = Path(tmp) / "checkpoint"
         directory.mkdir()
@@ -60,11 +69,6 @@ def test_named_hostile_checkpoint_is_refused(name):
         options = LoadOptions(device=run.device, check_finite=hostile.options.check_finite)
         _check(LoadCase(_Hostile(hostile.spec, hostile.summary()), options), directory,
                "P11 hostile checkpoint", must_refuse=hostile.family)
-        if (directory / "UNPICKLED").exists():
-            fail_on([Divergence("error", name, "the candidate unpickled a pickle posing as a "
-                                "checkpoint (it ran code from the file)", severity="critical")],
-                    "P11 hostile checkpoint", LoadCase(_Hostile(hostile.spec,
-                                                                    hostile.summary()), options))
 
 
 @pytest.mark.requires("load")
@@ -73,7 +77,7 @@ def test_corrupted_bytes_are_refused_or_loaded_alike(data):
     """Cut a valid file anywhere, or overwrite a few bytes anywhere (the header most
     often): the candidate refuses what the reference refuses, and otherwise agrees."""
     run = current()
-    spec = data.draw(model_specs(max_layers=1), label="spec")
+    spec = data.draw(model_specs(support=run.support, max_layers=1), label="spec")
     corruption: Corruption = data.draw(corruptions(spec), label="corruption")
     with tempfile.TemporaryDirectory(prefix="loadcheck-corrupt-") as tmp:
         directory = corruption.write(Path(tmp) / "checkpoint")

@@ -24,7 +24,7 @@ from .session import current
 def test_load_matches_reference(data):
     """P1 + P2: any layout, shard count, TP rank and dtype gives the reference's state."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, tp=True, extras=True,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, tp=True, extras=True,
                                 dtype_override=True), label="case")
     check_case(case, "P2 coverage")
 
@@ -34,7 +34,7 @@ def test_load_matches_reference(data):
 def test_split_and_fused_on_disk_agree(data):
     """P1: the same weights split on disk and fused on disk load bit-identically."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, tp=True), label="case")
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, tp=True), label="case")
     _, split = check_case(LoadCase(replace(case.plan, fused=False), case.options), "P1 split/fused")
     _, fused = check_case(LoadCase(replace(case.plan, fused=True), case.options), "P1 split/fused")
     fail_if_states_differ(split, fused, "P1 split/fused", case,
@@ -51,10 +51,10 @@ def test_gathered_ranks_equal_tp1(data):
     # several replicated, one replicated to all), so draw the relation itself.
     tp_size, kv = data.draw(st.sampled_from([(4, 2), (2, 4), (2, 2), (4, 1), (2, 1), (4, 4)]),
                             label="tp_size, num_kv_heads")
-    spec = data.draw(model_specs(tp_size=tp_size, kv_heads=st.just(kv)), label="spec")
+    spec = data.draw(model_specs(support=run.support, tp_size=tp_size, kv_heads=st.just(kv)), label="spec")
     plan = data.draw(checkpoint_plans(spec, fused_choices=(spec.fused_on_disk_natively,)),
                      label="plan")
-    base = data.draw(load_cases(run.capabilities, device=run.device), label="options").options
+    base = data.draw(load_cases(run.capabilities, support=run.support, device=run.device), label="options").options
     with written(plan) as directory:
         states, references = [], []
         for rank in range(tp_size):
@@ -86,7 +86,7 @@ def test_gathered_ranks_equal_tp1(data):
 def test_name_mapping_is_exact(data):
     """P14: near-miss keys (qq_proj, layers.03, a suffix, a prefix) feed nothing."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, near_miss=True),
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, near_miss=True),
                      label="case")
     check_case(case, "P14 name mapping")
 
@@ -96,7 +96,7 @@ def test_name_mapping_is_exact(data):
 def test_dtype_rules(data):
     """Floats round to nearest even; int, bool and FP8 keep their dtype; float into int fails."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, extras=True,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extras=True,
                                 wrong_dtype=True, dtype_override=True), label="case")
     check_case(case, "dtype rules")
 
@@ -106,7 +106,7 @@ def test_dtype_rules(data):
 def test_shape_mismatch_is_an_error(data):
     """A tensor whose shape differs from its parameter's is an error naming the key."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, wrong_shape=True, tp=True),
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, wrong_shape=True, tp=True),
                      label="case")
     check_case(case, "shape mismatch")
 
@@ -116,7 +116,7 @@ def test_shape_mismatch_is_an_error(data):
 def test_result_independent_of_tensor_order(data):
     """The order of tensors in files (and how they are spread over shards) never matters."""
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, tp=True), label="case")
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, tp=True), label="case")
     other_order = data.draw(st.integers(0, 2**16), label="other_order_seed")
     other_shards = data.draw(st.integers(1, case.plan.shards), label="other_shards")
     _, first = check_case(case, "order")
@@ -133,7 +133,7 @@ def test_forward_logits(data):
     """Logits of the tiny decoder equal the reference's within the dtype's tolerance."""
     run = current()
     count_example()
-    case = data.draw(load_cases(run.capabilities, device=run.device, meta=True), label="case")
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, meta=True), label="case")
     ids = data.draw(st.lists(st.integers(0, case.plan.spec.vocab_size - 1), min_size=1,
                              max_size=6), label="input_ids")
     with written(case.plan) as directory:

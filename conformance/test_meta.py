@@ -17,7 +17,7 @@ from .session import current
 @given(data=st.data())
 def test_meta_initialised_model_loads_like_eager(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, meta=True, extras=True,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, meta=True, extras=True,
                                 dtype_override=True), label="case")
     expected, found = check_case(case, "P8 meta init")
     if found.result is not None and not found.result.buffers:
@@ -30,5 +30,5 @@ def test_meta_initialised_model_loads_like_eager(data):
 @given(data=st.data())
 def test_meta_submodule_materialised_after_load(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, meta=True), label="case")
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, meta=True), label="case")
     check_case(case, "P8 meta submodule")

@@ -37,12 +37,12 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
     run = current()
     count_example()
     # Packed int32 weights, zero points, masks and FP8 tensors inside offloaded layers too.
-    spec = data.draw(model_specs(max_layers=4, extras="extras" in run.capabilities,
+    spec = data.draw(model_specs(support=run.support, max_layers=4, extras="extras" in run.capabilities,
                                  extras_in_layers=True, extra_strategy=extra_params(
                                      min_count=1, max_count=4, dtypes=any_dtype)), label="spec")
     plan = data.draw(checkpoint_plans(spec, fused_choices=(spec.fused_on_disk_natively,),
                                       max_shards=2), label="checkpoint")
-    options = data.draw(load_cases(run.capabilities, device=run.device), label="options").options
+    options = data.draw(load_cases(run.capabilities, support=run.support, device=run.device), label="options").options
     group = data.draw(st.integers(1, 3), label="group_size")
     offload = OffloadPlan(group_size=group,
                           offload_per_group=data.draw(st.integers(1, group), label="per group"),

@@ -43,7 +43,8 @@ def test_reload_equals_fresh_load(data):
     """load(A); reload(B) ≡ load(B); reload(B) again changes nothing; no storage moves."""
     run = current()
     count_example()
-    first, second = data.draw(reload_cases(run.capabilities, run.device), label="cases")
+    first, second = data.draw(reload_cases(run.capabilities, run.device, support=run.support),
+                              label="cases")
     with written(first.plan) as dir_a, written(second.plan) as dir_b:
         _, loaded = load_both(first, dir_a)
         fresh = run_outcome(lambda: run.reference.load(str(dir_b), second.plan.spec,
@@ -74,7 +75,8 @@ def test_reload_of_some_layers_changes_only_those(data):
     layers; everything else keeps A's values, and biases and norms survive the processing."""
     run = current()
     count_example()
-    first, second = data.draw(reload_cases(run.capabilities, run.device), label="cases")
+    first, second = data.draw(reload_cases(run.capabilities, run.device, support=run.support),
+                              label="cases")
     spec = first.plan.spec
     layers = data.draw(st.lists(st.integers(0, spec.num_layers - 1), min_size=1, unique=True),
                        label="layers reloaded")

@@ -15,7 +15,7 @@ from .session import current
 @given(data=st.data())
 def test_tensors_come_from_their_indexed_shard(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, stray=True, min_shards=2,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, stray=True, min_shards=2,
                                 tp=True), label="case")
     check_case(case, "P11 sharded index")
 
@@ -24,6 +24,6 @@ def test_tensors_come_from_their_indexed_shard(data):
 @given(data=st.data())
 def test_a_key_fed_twice_is_refused(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, doubled=True, min_shards=2),
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, doubled=True, min_shards=2),
                      label="case")
     check_case(case, "P11 sharded index")

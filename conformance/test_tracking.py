@@ -16,7 +16,7 @@ from .session import current
 @given(data=st.data())
 def test_missing_weights_reported_exactly(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, drop=True, track=False,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, drop=True, track=False,
                                 extras=True, meta=True), label="case")
     expected, found = check_case(case, "P6 tracking")
     # Never vacuous: the reference itself must see every dropped key.
@@ -29,7 +29,7 @@ def test_missing_weights_reported_exactly(data):
 @given(data=st.data())
 def test_tracking_on_raises_on_missing(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, drop=True, track=True,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, drop=True, track=True,
                                 extras=True), label="case")
     check_case(case, "P6 tracking")
 
@@ -38,6 +38,6 @@ def test_tracking_on_raises_on_missing(data):
 @given(data=st.data())
 def test_unexpected_keys_reported(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, extra_keys=True),
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extra_keys=True),
                      label="case")
     check_case(case, "P6 unexpected keys")

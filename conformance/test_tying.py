@@ -16,6 +16,6 @@ from .session import current
 @given(data=st.data())
 def test_tied_head_is_the_embedding(data):
     run = current()
-    case = data.draw(load_cases(run.capabilities, device=run.device, extra_keys=True,
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extra_keys=True,
                                 drop=True), label="case")
     check_case(case, "P10 tying")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from reference.contract import DTYPES, LoadOptions
+from reference.contract import DTYPES, LoadOptions, ModelSupport
 from .checkpoints import CheckpointPlan, checkpoint_plans
 from .specs import model_specs
 
@@ -28,13 +28,16 @@ def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: b
                meta: bool = False, extras: bool = False, drop: bool = False,
                extra_keys: bool = False, near_miss: bool = False, wrong_shape: bool = False, wrong_dtype: bool = False,
                doubled: bool = False, stray: bool = False, min_shards: int = 1, strict=None, track=None,
-               dtype_override: bool = False, extra_strategy=None) -> LoadCase:
+               dtype_override: bool = False, extra_strategy=None,
+               support: ModelSupport = ModelSupport()) -> LoadCase:
     """A case within `capabilities`. The keyword flags say which features and defects the
-    property wants; `strict` / `track` force those options (None: drawn when claimed)."""
+    property wants; `strict` / `track` force those options (None: drawn when claimed);
+    `support` is the loader's declared model support."""
     can = capabilities.__contains__
     tp_size = draw(st.sampled_from([1, 2, 4])) if tp and can("tp") else 1
     spec = draw(model_specs(tp_size=tp_size, meta_submodule=meta and can("meta_submodule"),
-                            extras=extras and can("extras"), extra_strategy=extra_strategy))
+                            extras=extras and can("extras"), extra_strategy=extra_strategy,
+                            support=support))
     native = spec.fused_on_disk_natively
     plan = draw(checkpoint_plans(
         spec, fused_choices=(native, not native) if can("fused_on_disk") else (native,),
@@ -49,7 +52,8 @@ def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: b
 
     options = LoadOptions(
         device=device,
-        dtype=draw(st.sampled_from((None,) + DTYPES)) if dtype_override else None,
+        dtype=draw(st.sampled_from((None,) + tuple(d for d in DTYPES if d in support.dtypes)))
+        if dtype_override else None,
         tp_size=tp_size, tp_rank=draw(st.integers(0, tp_size - 1)),
         strict=flag("strict", strict), track=flag("track", track),
         meta_init=flag("meta_init", None if meta else False),

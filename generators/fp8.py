@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from hypothesis import strategies as st
 
+from reference.contract import ModelSupport
 from reference.fp8 import M512_FLOOR, quantization_groups
 from reference.names import layout_keys
 from .cases import LoadCase, load_cases
@@ -53,13 +54,13 @@ def scale_tables(draw, spec, *, fused_on_disk: bool, distinct_slots: bool | None
 def serialized_cases(draw, capabilities: frozenset[str], *, device: str = "cpu",
                      tp: bool = False, distinct_slots: bool | None = None,
                      zero: bool = False, nan_code: bool = False, drop_scale: bool = False,
-                     poison: bool = True) -> LoadCase:
+                     poison: bool = True, support: ModelSupport = ModelSupport()) -> LoadCase:
     """A serialized FP8 checkpoint (compressed-tensors or vLLM `fp8` config, with or
     without input scales) and options within `capabilities`. `distinct_slots` forces the
     split-on-disk slots of a group to differ (True) or share a scale (False); `zero` may
     write one all-zero weight; `nan_code` writes one NaN code with check_finite on;
     `drop_scale` leaves one weight_scale out with tracking on."""
-    base = draw(load_cases(capabilities, device=device, tp=tp,
+    base = draw(load_cases(capabilities, device=device, tp=tp, support=support,
                            track=True if drop_scale else None), label="base case")
     forms = ["compressed-tensors"] + (["fp8"] if "fp8_vllm_config" in capabilities else [])
     spec = replace(base.plan.spec, fp8_checkpoint=draw(st.sampled_from(forms),
@@ -88,11 +89,13 @@ def serialized_cases(draw, capabilities: frozenset[str], *, device: str = "cpu",
 
 @st.composite
 def online_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: bool = False,
-                 zero: bool = False, non_finite: bool = False) -> LoadCase:
+                 zero: bool = False, non_finite: bool = False,
+                 support: ModelSupport = ModelSupport()) -> LoadCase:
     """A float checkpoint loaded with online FP8 quantization. The linear weights are
     multiplied by a drawn gain; `zero` may make one of them all zero; `non_finite` puts a
     NaN or Inf into one."""
-    base = draw(load_cases(capabilities, device=device, tp=tp), label="base case")
+    base = draw(load_cases(capabilities, device=device, tp=tp, support=support),
+                label="base case")
     weights = base.plan.spec.quantized_weights()
     plan = replace(base.plan, weight_gain=draw(st.sampled_from(WEIGHT_GAINS), label="gain"))
     if zero:
@@ -106,20 +109,24 @@ def online_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp:
 
 
 @st.composite
-def reload_cases(draw, capabilities: frozenset[str], device: str) -> tuple[LoadCase, LoadCase]:
+def reload_cases(draw, capabilities: frozenset[str], device: str,
+                 support: ModelSupport = ModelSupport()) -> tuple[LoadCase, LoadCase]:
     """(A, B): two checkpoints of one spec and layout with different values, loaded with the
     same options: plain, online FP8 or serialized FP8 (as the candidate claims)."""
     modes = [m for m, cap in (("serialized", "fp8_serialized"), ("online", "fp8_online"))
              if cap in capabilities] + ["plain"]
     mode = draw(st.sampled_from(modes), label="mode")
     if mode == "serialized":
-        first = draw(serialized_cases(capabilities, device=device, poison=False), label="A")
+        first = draw(serialized_cases(capabilities, device=device, poison=False,
+                                      support=support), label="A")
         other = tuple(sorted(draw(scale_tables(first.plan.spec, fused_on_disk=first.plan.fused),
                                   label="B scales").items()))
     elif mode == "online":
-        first, other = draw(online_cases(capabilities, device=device), label="A"), None
+        first, other = draw(online_cases(capabilities, device=device, support=support),
+                            label="A"), None
     else:
-        first, other = draw(load_cases(capabilities, device=device), label="A"), None
+        first, other = draw(load_cases(capabilities, device=device, support=support),
+                            label="A"), None
     options = replace(first.options, track=False, poison=False)
     seed = draw(st.integers(0, 2**16).filter(lambda s: s != first.plan.data_seed), label="B seed")
     second = replace(first.plan, data_seed=seed, **({"fp8_scales": other} if other else {}))

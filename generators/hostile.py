@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import safetensors.torch
 import torch
 from hypothesis import strategies as st
 
 from reference.checkpoint import write_safetensors
 from reference.contract import INDEX_FILE, SINGLE_FILE, LoadOptions, ModelSpec
 from .checkpoints import CheckpointPlan
+from .unpickling import UnpicklingMarker, marker_path
 
 __all__ = ["HostileCase", "HOSTILE_CASES", "Corruption", "corruptions", "OUTSIDE_FILE"]
 
@@ -141,17 +143,18 @@ def _truncated_body(directory: Path) -> None:
 
 def _posing_pickle(directory: Path) -> None:
     _valid(directory)
-
-    class _Marker:  # would create a file if anyone unpickled it
-        def __reduce__(self):
-            return (open, (str(directory / "UNPICKLED"), "w"))
-
-    (directory / SINGLE_FILE).write_bytes(pickle.dumps({"model.norm.weight": _Marker()}))
+    marker = UnpicklingMarker(marker_path(directory))
+    (directory / SINGLE_FILE).write_bytes(pickle.dumps({"model.norm.weight": marker}))
 
 
 def _bin_only(directory: Path) -> None:
+    """A real `torch.save` file of the checkpoint's tensors, plus the unpickling marker."""
     _valid(directory)
-    os.replace(directory / SINGLE_FILE, directory / "pytorch_model.bin")
+    path = directory / SINGLE_FILE
+    state = dict(safetensors.torch.load_file(path))
+    state["loadcheck.unpickling_marker"] = UnpicklingMarker(marker_path(directory))
+    torch.save(state, directory / "pytorch_model.bin")
+    path.unlink()
 
 
 def _symlink_out(directory: Path) -> None:
@@ -307,10 +310,11 @@ HOSTILE_CASES: dict[str, HostileCase] = {c.name: c for c in [
     HostileCase("body-truncated", "corrupt_checkpoint", "the file ends inside the data section",
                 _truncated_body),
     HostileCase("pickle-posing-as-safetensors", "corrupt_checkpoint",
-                "model.safetensors holds a pickle (that would write a file if unpickled)",
+                "model.safetensors holds a pickle (unpickling it calls a harmless marker)",
                 _posing_pickle),
     HostileCase("pytorch-bin-only", "corrupt_checkpoint",
-                "only pytorch_model.bin (a pickle format) is present", _bin_only),
+                "only pytorch_model.bin is present (a real torch.save pickle; unpickling it calls a "
+                "harmless marker)", _bin_only),
     HostileCase("nan-in-weight", "non_finite", "a q_proj weight holds NaN (check_finite on)",
                 _non_finite(float("nan")), _FINITE, LoadOptions(check_finite=True)),
     HostileCase("inf-in-weight", "non_finite", "a q_proj weight holds -Inf (check_finite on)",

@@ -8,9 +8,9 @@ to the least model that still fails.
 from __future__ import annotations
 
 import torch
-from hypothesis import strategies as st
+from hypothesis import assume, event, strategies as st
 
-from reference.contract import DTYPES, FAMILIES, ExtraParam, ModelSpec
+from reference.contract import DTYPES, FAMILIES, ExtraParam, ModelSpec, ModelSupport
 
 __all__ = ["model_specs", "extra_params", "EXTRA_DTYPES", "ALL_DTYPES", "DTYPE_CLASSES",
            "any_dtype"]
@@ -68,33 +68,53 @@ def _placed(draw, extras: tuple[ExtraParam, ...], layers: int) -> tuple[ExtraPar
                  for e in extras)
 
 
+def _supported(drawn: bool, supported: bool, feature: str) -> bool:
+    if drawn and not supported:
+        event(f"outside model support: {feature}")
+        return False
+    return drawn
+
+
 @st.composite
 def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bool = False,
                 extras: bool = False, max_layers: int = 2, kv_heads=None,
-                extra_strategy=None, extras_in_layers: bool = False) -> ModelSpec:
+                extra_strategy=None, extras_in_layers: bool = False,
+                support: ModelSupport = ModelSupport()) -> ModelSpec:
     """A tiny decoder that `tp_size` ranks can split (heads, kv heads, I and V divisible).
     `kv_heads` (a strategy) overrides the draw of num_kv_heads from 1, 2, 4;
-    `extras_in_layers` places each extra in a drawn decoder layer (or at the top)."""
-    family = draw(st.sampled_from(families))
+    `extras_in_layers` places each extra in a drawn decoder layer (or at the top).
+    Only specs inside `support` (the loader's declared model support): a feature it lacks
+    is drawn as usual and then left out, with a Hypothesis event saying so
+    (`--hypothesis-show-statistics` counts them), so the draws stay those of a full run."""
+    family = draw(st.sampled_from([f for f in families if support.takes_family(f)]))
     num_kv_heads = draw(kv_heads if kv_heads is not None else st.sampled_from([1, 2, 4]))
-    group = draw(st.sampled_from([1, 2, 4]))  # heads per kv head: 1 is MHA, > 1 is GQA
+    # heads per kv head: 1 is MHA, > 1 is GQA
+    group = draw(st.sampled_from([g for g in (1, 2, 4) if g in support.kv_groups]))
     num_heads = num_kv_heads * max(group, tp_size // num_kv_heads if tp_size > num_kv_heads else 1)
+    assume(num_heads // num_kv_heads in support.kv_groups)  # only tp can force another ratio
     if family == "qwen2":
         attention_bias, mlp_bias = True, False
     elif family == "llama":
-        attention_bias, mlp_bias = draw(st.booleans()), draw(st.booleans())
+        attention_bias = _supported(draw(st.booleans()), support.ATTENTION_BIASES <= support.biases,
+                                    "attention biases")
+        mlp_bias = _supported(draw(st.booleans()), support.MLP_BIASES <= support.biases,
+                              "MLP biases")
     else:
         attention_bias = mlp_bias = False
     # Drawn in this order on purpose: the order fixes pr's derandomized sequences, which
     # tests/test_strategies.py and the mutant budgets were measured on.
     vocab_size = tp_size * draw(st.integers(2, 8)) * 2
     # transformers' LlamaConfig refuses hidden_size % num_heads != 0 even with head_dim set.
-    hidden_size = draw(st.sampled_from([h for h in (8, 16, 32) if h % num_heads == 0]))
+    hidden_size = draw(st.sampled_from([h for h in (8, 16, 32) if h % num_heads == 0 and (
+        support.free_head_dim or h // num_heads % 2 == 0)]))
     intermediate_size = tp_size * draw(st.integers(1, 6)) * 2
     num_layers = draw(st.integers(1, max_layers))
     head_dim = draw(st.sampled_from([2, 4, 8]))
-    tie_word_embeddings = draw(st.booleans())
-    dtype = draw(st.sampled_from(DTYPES))
+    if not support.free_head_dim and head_dim != hidden_size // num_heads:
+        event("outside model support: head_dim != hidden/heads")
+        head_dim = hidden_size // num_heads
+    tie_word_embeddings = _supported(draw(st.booleans()), support.tied_heads, "tied heads")
+    dtype = draw(st.sampled_from([d for d in DTYPES if d in support.dtypes]))
     meta = draw(st.booleans()) if meta_submodule else False
     drawn_extras = _placed(draw, draw(extra_strategy if extra_strategy is not None
                                       else extra_params()),

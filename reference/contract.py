@@ -19,7 +19,7 @@ import torch
 
 __all__ = [
     "CAPABILITIES", "VARIANTS", "FAMILIES", "DTYPES", "FP8_CHECKPOINT_FORMATS",
-    "LINEAR_PROJECTIONS", "fp8_quantization_config",
+    "LINEAR_PROJECTIONS", "fp8_quantization_config", "ModelSupport",
     "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader", "OffloadPlan",
     "LoadError", "ShapeMismatchError", "MissingWeightsError", "UnexpectedKeysError",
     "UnsafeCheckpointError", "CorruptCheckpointError", "UnsupportedDtypeError",
@@ -403,6 +403,11 @@ class LoadOptions:
         return " ".join(parts + on)
 
 
+# (parent, module) of a canonical projection -> the fused module that stacks it in memory
+_FUSED_MODULE_OF = {("self_attn", m): "qkv_proj" for m in ("q_proj", "k_proj", "v_proj")} | {
+    ("mlp", m): "gate_up_proj" for m in ("gate_proj", "up_proj")}
+
+
 @dataclass(frozen=True)
 class OffloadPlan:
     """What to offload (vLLM's prefetch offloader): layer i iff `i % group_size >=
@@ -422,13 +427,20 @@ class OffloadPlan:
         return layer % self.group_size >= self.group_size - self.offload_per_group
 
     def selects(self, name: str) -> bool:
-        """Whether the filter matches `name` as a run of whole dotted segments."""
+        """Whether the filter matches the canonical `name` as a run of whole dotted segments.
+        A fused module's name (`self_attn.qkv_proj`, vLLM's spelling) stands for its parts,
+        so a loader offloads the same tensors whether it keeps them split or fused in memory
+        (a fused parameter is selected when its parts are; filters select whole groups)."""
         if not self.param_filter:
             return True
         segments = name.split(".")
-        return any(segments[i:i + len(wanted)] == wanted
+        spellings = [segments] + [
+            segments[:i + 1] + [_FUSED_MODULE_OF[pair]] + segments[i + 2:]
+            for i, pair in enumerate(zip(segments, segments[1:])) if pair in _FUSED_MODULE_OF]
+        return any(spelling[i:i + len(wanted)] == wanted
+                   for spelling in spellings
                    for wanted in (p.split(".") for p in self.param_filter)
-                   for i in range(len(segments) - len(wanted) + 1))
+                   for i in range(len(spelling) - len(wanted) + 1))
 
     def summary(self) -> str:
         only = f", only {'|'.join(self.param_filter)}" if self.param_filter else ""
@@ -526,6 +538,81 @@ ERROR_FAMILIES: Mapping[str, type[LoadError]] = {
 }
 
 
+
+# ----- model support: the models a loader takes ---------------------------------------------
+@dataclass(frozen=True)
+class ModelSupport:
+    """The models a loader supports, declared as the loader's optional `model_support`
+    (default: every model the suite generates). The suite generates only specs inside it,
+    and lists what is outside in the report header. A loader may refuse a spec outside it
+    with `UnsupportedLayoutError`; one it claims and fails is a divergence.
+
+    `biases` names the projections that may carry a bias (llama's attention biases need
+    q/k/v/o, its MLP biases gate/up/down; qwen2 always has q/k/v biases, so it needs them);
+    `free_head_dim`: `head_dim` may differ from `hidden_size / num_heads`; `kv_groups`:
+    the allowed `num_heads / num_kv_heads` ratios (1 is MHA, more is GQA)."""
+
+    families: tuple[str, ...] = FAMILIES
+    biases: frozenset[str] = frozenset(p.split(".")[-1] for p in LINEAR_PROJECTIONS)
+    free_head_dim: bool = True
+    tied_heads: bool = True
+    kv_groups: tuple[int, ...] = (1, 2, 4)
+    dtypes: tuple[str, ...] = DTYPES
+
+    ATTENTION_BIASES: ClassVar[frozenset[str]] = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
+    MLP_BIASES: ClassVar[frozenset[str]] = frozenset({"gate_proj", "up_proj", "down_proj"})
+    QWEN2_BIASES: ClassVar[frozenset[str]] = frozenset({"q_proj", "k_proj", "v_proj"})
+
+    def takes_family(self, family: str) -> bool:
+        return family in self.families and (family != "qwen2" or self.QWEN2_BIASES <= self.biases)
+
+    def outside(self, spec: ModelSpec) -> list[str]:
+        """Why `spec` is outside this support (empty when inside)."""
+        why = []
+        if not self.takes_family(spec.family):
+            why.append(f"family {spec.family}")
+        biased = {p for p in self.ATTENTION_BIASES | self.MLP_BIASES if spec.has_bias(p)}
+        if biased - self.biases:
+            why.append(f"biases on {', '.join(sorted(biased - self.biases))}")
+        if not self.free_head_dim and spec.head_dim * spec.num_heads != spec.hidden_size:
+            why.append(f"head_dim {spec.head_dim} != hidden_size / num_heads")
+        if not self.tied_heads and spec.tie_word_embeddings:
+            why.append("a tied head")
+        if spec.num_heads // spec.num_kv_heads not in self.kv_groups:
+            why.append(f"{spec.num_heads // spec.num_kv_heads} heads per kv head")
+        if spec.dtype not in self.dtypes:
+            why.append(f"dtype {spec.dtype}")
+        return why
+
+    def unsupported(self) -> list[str]:
+        """What the suite does not generate for this loader, one phrase each."""
+        default = ModelSupport()
+        out = [f"family {f}" for f in FAMILIES if not self.takes_family(f)]
+        lacking = default.biases - self.biases
+        out += ["biases"] if lacking == default.biases else [f"{p} bias" for p in sorted(lacking)]
+        if not self.free_head_dim:
+            out.append("head_dim != hidden/heads")
+        if not self.tied_heads:
+            out.append("tied heads")
+        out += [f"{g} heads per kv head" for g in default.kv_groups if g not in self.kv_groups]
+        out += [f"dtype {d}" for d in DTYPES if d not in self.dtypes]
+        return out
+
+    def problems(self) -> list[str]:
+        out = [f"model_support.families: unknown {sorted(set(self.families) - set(FAMILIES))}"
+               ] if set(self.families) - set(FAMILIES) else []
+        unknown = set(self.biases) - set(ModelSupport().biases)
+        if unknown:
+            out.append(f"model_support.biases: unknown projections {sorted(unknown)}")
+        if set(self.dtypes) - set(DTYPES) or not self.dtypes:
+            out.append(f"model_support.dtypes must be some of {DTYPES}")
+        if not self.kv_groups or not set(self.kv_groups) <= {1, 2, 4}:
+            out.append("model_support.kv_groups must be some of (1, 2, 4)")
+        if not any(self.takes_family(f) for f in FAMILIES):
+            out.append("model_support takes no family (qwen2 needs q/k/v biases)")
+        return out
+
+
 # ----- the candidate -------------------------------------------------------------------
 @runtime_checkable
 class Loader(Protocol):
@@ -581,6 +668,11 @@ def check_loader(obj: Any) -> list[str]:
             problems.append(f"declares unknown variant {key!r}; known: {sorted(VARIANTS)}")
         elif value not in VARIANTS[key]:
             problems.append(f"variant {key}={value!r} is not one of {VARIANTS[key]}")
+    support = getattr(obj, "model_support", ModelSupport())
+    if not isinstance(support, ModelSupport):
+        problems.append("model_support is not a reference.contract.ModelSupport")
+    else:
+        problems += support.problems()
     if "forward" in obj.capabilities and not callable(getattr(obj, "forward", None)):
         problems.append("claims 'forward' but has no callable forward(result, input_ids)")
     if "bytes" in obj.capabilities and not callable(getattr(obj, "parameter_bytes", None)):

@@ -1,8 +1,8 @@
 """Offloading with prefetch, modelled on vLLM's prefetch offloader.
 
 Layer i is offloaded iff `i % group_size >= group_size - offload_per_group`. Of an
-offloaded layer, the parameters the filter selects (whole dotted segments: "mlp" selects
-`...mlp.gate_up_proj.weight`, never `...mlp_x...`) live in host copies (pinned when CUDA is
+offloaded layer, the parameters whose canonical parts the filter selects (whole dotted
+segments: "mlp" selects `...mlp.gate_proj.weight`, never `...mlp_x...`) live in host copies (pinned when CUDA is
 present). Before layer i runs, it and the next `prefetch_step` offloaded layers are copied
 into a ring of device buffers (on CUDA on a side stream, ordered by events); after layer
 i, its parameters point back at their host copies. Placement is tracked by the offloader
@@ -37,7 +37,9 @@ class PrefetchOffloader:
         self.host: dict[str, torch.Tensor] = {}
         for name, param in model.named_parameters():
             match = _LAYER.match(name)
-            if match and plan.offloads_layer(int(match.group(1))) and plan.selects(name):
+            parts = model.fused_parts.get(name, (name,))  # the filter speaks canonical names
+            if match and plan.offloads_layer(int(match.group(1))) and any(
+                    plan.selects(part) for part in parts):
                 host = torch.empty(param.shape, dtype=param.dtype, device="cpu", pin_memory=cuda)
                 copy_bytes_(host, param.data)
                 self.host[name] = host

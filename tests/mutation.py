@@ -33,14 +33,16 @@ class SuiteRun:
 
 
 def run_suite(loader: str, selection: str = "conformance", *extra: str,
-              records: Path | None = None) -> SuiteRun:
+              records: Path | None = None, pythonpath: Path | None = None) -> SuiteRun:
     """`pytest <selection> --loader <loader>` (pr profile) in a fresh process, on the
-    device LOADCHECK_MUTANT_DEVICE names (`./run gpu-check` sets cuda), else the default."""
+    device LOADCHECK_MUTANT_DEVICE names (`./run gpu-check` sets cuda), else the default;
+    `pythonpath` is where an out-of-tree adapter lives."""
     records = records or Path(tempfile.mkdtemp(prefix="loadcheck-records-"))
     device = os.environ.get("LOADCHECK_MUTANT_DEVICE")
     if device:
         extra = (*extra, f"--device={device}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        str(p) for p in (ROOT, pythonpath) if p is not None)}
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", selection, "--loader", loader, "-p", "no:cacheprovider",

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +85,13 @@ def test_unclaimed_capabilities_skip_with_their_reason(tmp_path):
     assert "does not claim fused_on_disk" in proc.stdout
     assert "does not claim forward" in proc.stdout
     assert " 3 skipped" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-800:]
+
+
+def test_a_misspelt_loader_gets_the_closest_name_and_every_known_one():
+    from conformance.loaders import LoaderResolutionError, resolve
+    with pytest.raises(LoaderResolutionError) as raised:
+        resolve("refrence-split")
+    message = str(raised.value)
+    assert "did you mean 'reference-split'?" in message
+    for name in ("reference", "reference-split", "transformers", "accelerate", "torchao", "vllm"):
+        assert name in message.split("Known names:")[1]

@@ -38,7 +38,7 @@ def test_mutant_is_caught(name, tmp_path):
         f"{name}: took {record['examples_before_failure']} examples to catch "
         f"(budget {MAX_EXAMPLES_TO_CATCH})")
     assert f"--loader tests.mutants.{name}" in record["rerun"]
-    assert "re-run: pytest" in run.output
+    assert f"re-run: PYTHONPATH={ROOT} {sys.executable} -m pytest conformance/" in run.output
 
 
 def test_repro_checkpoint_reproduces_the_failure(tmp_path):
@@ -69,3 +69,26 @@ def test_corrupted_bytes_property_catches_a_lax_header_parser(tmp_path):
     (record,) = [r for r in run.records_of("test_corrupted_bytes_are_refused_or_loaded_alike")
                  if r["stage"] == "final"]
     assert record["examples_before_failure"] <= MAX_EXAMPLES_TO_CATCH
+
+
+def test_every_single_load_property_is_replayed_by_repro():
+    """repro's list of properties it replays whole matches the ones that fail through
+    check_case (a new one must be added there, or it would replay as 'not a verdict')."""
+    from conformance.repro import REPLAYED
+    checked = {m for path in (ROOT / "conformance").glob("test_*.py")
+               for m in re.findall(r'check_case\([^"]*"([^"]+)"', path.read_text())}
+    assert checked and checked <= REPLAYED, checked - REPLAYED
+
+
+def test_repro_of_an_offload_failure_is_no_verdict(tmp_path):
+    """A saved P9 offload failure holds the checkpoint, not the offload plan: its replay
+    must not say 'agrees' with exit 0 (it did: the load alone agrees)."""
+    run = run_suite("tests.mutants.p9_offload_does_nothing", "conformance/test_offload.py",
+                    records=tmp_path)
+    record = next(r for r in run.records_of("test_offloaded_equals_resident_and_lives_on_the_host")
+                  if r["stage"] == "final")
+    replay = subprocess.run([sys.executable, *shlex.split(record["repro_command"])[1:]],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 3, replay.stdout + replay.stderr
+    assert "the load agrees; 'P9 offload' needs more" in replay.stdout
+    assert "re-run line" in replay.stdout

@@ -41,3 +41,26 @@ def test_every_dtype_in_an_offloaded_layer_round_trips_exactly(tmp_path):
         assert torch.equal(got, resident[name].reshape(-1).view(torch.uint8)), name
     handle.release(1)
     assert handle.placement()["model.layers.1.extras.x1"] == "host"
+
+
+def test_filters_select_the_same_canonical_tensors_split_or_fused_in_memory(tmp_path):
+    """A filter names canonical modules, and a fused module's name stands for its parts: a
+    loader that keeps q/k/v and gate/up split in memory offloads exactly what a fused one does
+    (regression: `--loader reference-split` failed the offload property on fused-name filters)."""
+    spec = ModelSpec(num_layers=2)
+    directory = CheckpointPlan(spec).write(tmp_path / "checkpoint")
+    fused, split = ReferenceLoader(), ReferenceLoader(fused_params=False)
+    for param_filter in (("self_attn.qkv_proj", "mlp.gate_up_proj"),
+                         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                         ("mlp",), ("input_layernorm",), ()):
+        plan = OffloadPlan(group_size=2, offload_per_group=1, param_filter=param_filter)
+        placements = [loader.offload(loader.load(str(directory), spec, LoadOptions()),
+                                     plan).placement() for loader in (fused, split)]
+        assert placements[0] == placements[1], param_filter
+        hosted = {n for n, where in placements[0].items() if where == "host"}
+        assert hosted, param_filter
+        assert all(".layers.1." in n for n in hosted), hosted
+    assert OffloadPlan(param_filter=("self_attn.qkv_proj",)).selects(
+        "model.layers.1.self_attn.k_proj.weight")
+    assert not OffloadPlan(param_filter=("mlp.gate_up_proj",)).selects(
+        "model.layers.1.mlp.down_proj.weight")

@@ -19,6 +19,7 @@ MUTANTS = (
     "p1_kv_replication_modulo", "p2_gate_up_second_half_unwritten", "p2_bf16_by_truncation",
     "p2_float_into_int_cast", "p2_shape_narrowed_to_fit", "p10_tied_head_overwrites_embedding", "p10_meta_init_unties_head",
     "p11_globs_every_shard", "p11_last_key_wins", "p11_shard_names_unvalidated", "p11_trusts_header_offsets",
+    "p11_unpickles_bin_files",
     "p14_suffix_name_match", "p9_offload_does_nothing", "p9_norms_never_onloaded",
     "p9_host_copies_share_storage", "p9_post_process_reallocates", "survival_hangs_on_meta_submodule", "survival_aborts_on_bool_extra",
     "seed003_fused_scale_slot0_only", "seed001_reload_keeps_stale_scale",
