@@ -488,8 +488,10 @@ class VllmFp8Loader(VllmLoader):
                 "fp8_scale_floor": "none",
                 "fp8_scale_dtype": "float32",
                 # w8a8_utils.requantize_with_max_scale: max of the slots, every slot
-                # dequantized (per_tensor_dequantize: float16) and requantized
-                "fp8_fused_scales": "max_requant",
+                # dequantized (per_tensor_dequantize: float16) and requantized; but a
+                # compressed-tensors checkpoint without input scales is weight-only W8A16,
+                # whose slots keep their own scales (findings G1)
+                "fp8_fused_scales": "w8a16_per_slot",
                 "fp8_dequant": "float16"}
 
     @property
