@@ -17,7 +17,7 @@ def test_summary_of_a_mutant_run_names_tensor_and_rerun(tmp_path):
               "conformance/test_loading.py::test_load_matches_reference", records=tmp_path)
     text = summary([str(tmp_path)])
     assert "P2 coverage" in text and "up_proj" in text, text
-    assert "re-run: pytest conformance/test_loading.py::test_load_matches_reference" in text
+    assert "-m pytest conformance/test_loading.py::test_load_matches_reference" in text
     assert "checkpoint: " in text
 
 
