@@ -86,6 +86,12 @@ class LoadReloadMachine(RuleBasedStateMachine):
     def _live(self) -> bool:
         return self.found is not None
 
+    @precondition(lambda self: not self._live())
+    @rule()
+    def nothing_to_reload(self):
+        """The first load failed on one side (the loading properties report that, or the
+        baseline knows it): no sequence to run, but Hypothesis needs a rule to take."""
+
     @precondition(_live)
     @rule(data=st.data())
     def reload_all(self, data):
