@@ -130,30 +130,35 @@ def test_baseline_round_trip_on_a_mutant(tmp_path):
 
 
 def test_a_known_bug_never_masks_a_new_one(tmp_path):
-    """Two bugs in one property: the baseline knows the bf16 truncation, which the search
-    meets first; the unwritten up half still fails the test, and its record lists only it."""
+    """Two bugs in one property (an unwritten up half; bf16 by truncation). Without a
+    baseline the search stops at the one it meets first; with that one known, the other
+    still fails the test, and its records list only it."""
     (tmp_path / "two_bugs.py").write_text(
         "from tests.mutants.p2_gate_up_second_half_unwritten import UpHalfUnwritten\n"
         "from tests.mutants.p2_bf16_by_truncation import Truncates\n"
         "class Both(UpHalfUnwritten, Truncates):\n    pass\n"
         "loader = Both('two_bugs')\n")
+    bugs = {"unwritten": Match(subject="*up_proj*", message="poison"),
+            "truncation": Match(message=r"(?s)\A(?!.*poison).*torch\.bfloat16")}
+    test = "conformance/test_loading.py::test_load_matches_reference"
+
+    def final(run):
+        return [d for r in run.records if r["type"] == "divergence" and r["stage"] == "final"
+                for d in r["divergences"]]
+
+    plain = run_suite("two_bugs", test, records=tmp_path / "r0", pythonpath=tmp_path)
+    assert plain.returncode == 1, plain.output[-2000:]
+    (first,) = {name for name, m in bugs.items() if any(m.matches(d) for d in final(plain))}
+    (other,) = set(bugs) - {first}
     baseline = tmp_path / "b.toml"
     baseline.write_text(dumps(Baseline(baseline, "two_bugs", [Entry(
         id="B1", test="test_loading.py::test_load_matches_reference",
-        matches=(Match(message=r"(?s)\A(?!.*poison).*torch\.bfloat16"),))])))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "conformance/test_loading.py::test_load_matches_reference",
-         "--loader", "two_bugs", "-p", "no:cacheprovider", "-q", "--records", str(tmp_path / "r"),
-         "--baseline", str(baseline)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600)
-    assert proc.returncode == 1, proc.stdout[-2000:]
-    records = _records(tmp_path / "r")
-    final = [r for r in records if r["type"] == "divergence" and r["stage"] == "final"]
-    assert final and all("up_proj" in d["subject"] and "poison" in d["message"]
-                         for r in final for d in r["divergences"]), final
-    assert any(r["type"] == "known" and r["entry"] == "B1" for r in records)
+        matches=(bugs[first],))])))
+    gated = run_suite("two_bugs", test, "--baseline", str(baseline), records=tmp_path / "r",
+                      pythonpath=tmp_path)
+    assert gated.returncode == 1, gated.output[-2000:]
+    assert final(gated) and all(bugs[other].matches(d) for d in final(gated)), final(gated)
+    assert any(r["type"] == "known" and r["entry"] == "B1" for r in gated.records)
 
 
 def test_entries_from_runs_skip_what_is_known(tmp_path):
@@ -252,11 +257,6 @@ def test_a_known_error_does_not_crash_the_property_that_follows_it(tmp_path):
     baseline.write_text(dumps(Baseline(baseline, "rank_raises", [Entry(
         id="R1", test="test_loading.py::test_gathered_ranks_equal_tp1",
         matches=(Match(kind="error", subject="rank *"),))])))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "conformance/test_loading.py::test_gathered_ranks_equal_tp1",
-         "--loader", "rank_raises", "-p", "no:cacheprovider", "-q", "--records",
-         str(tmp_path / "r"), "--baseline", str(baseline)], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "known: R1" in proc.stdout, proc.stdout[-3000:]
+    proc = run_suite("rank_raises", "conformance/test_loading.py::test_gathered_ranks_equal_tp1",
+                     "--baseline", str(baseline), records=tmp_path / "r", pythonpath=tmp_path)
+    assert proc.returncode == 0 and "known: R1" in proc.output, proc.output[-3000:]
