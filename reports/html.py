@@ -25,7 +25,7 @@ from typing import Any, Iterable
 from .history import Key, previous_divergences, write_history
 from .identity import record_signature
 from .records import Run, read_runs
-from .summary import SEVERITY_ORDER, headline, outcome_counts, run_state, severity_rank
+from .summary import headline, outcome_counts, run_state, severity_rank
 
 __all__ = ["build_report", "render_report", "report_context", "MAX_ITEMS_PER_CARD"]
 

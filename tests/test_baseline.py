@@ -107,7 +107,7 @@ def test_baseline_round_trip_on_a_mutant(tmp_path):
     gated = run_suite(FLOOR_MUTANT, f"conformance/{ZERO}", "--baseline", str(baseline),
                       records=tmp_path / "r2")
     assert gated.returncode == 0, gated.output[-2000:]
-    assert f"known entry seen" in gated.output and "known: P1" in gated.output
+    assert "known entry seen" in gated.output and "known: P1" in gated.output
     (verdict,) = [r for r in _records(tmp_path / "r2") if r["type"] == "baseline"]
     assert verdict["known"] == {"P1": [f"conformance/{ZERO}"]} and not verdict["fixed"]
 
@@ -180,7 +180,6 @@ def test_nightly_failure_replays_first_under_repro(tmp_path):
     """A failure found by a nightly run lands in the example database, and the repro
     profile (no generate phase) finds it there; an empty database replays nothing."""
     db = tmp_path / "db"
-    env_db = {"LOADCHECK_EXAMPLE_DB": str(db)}
 
     def run(profile: str, records: str, database: Path = db) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "LOADCHECK_EXAMPLE_DB": str(database)}

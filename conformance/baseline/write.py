@@ -8,7 +8,6 @@ the entries a maintainer has reviewed."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Iterable
 
 from . import Baseline, Entry, Match, divergence_key, short_test
