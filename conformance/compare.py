@@ -45,7 +45,8 @@ class Outcome:
             return "loaded"
         if isinstance(self.error, LoadError):
             return f"{type(self.error).__name__} [{self.error.family}]: {self.error}"
-        frame = traceback.extract_tb(self.error.__traceback__)[-1:]
+        # a CandidateCrashed made of the candidate's own BaseException points at the candidate
+        frame = traceback.extract_tb((self.error.__cause__ or self.error).__traceback__)[-1:]
         where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
         return f"{type(self.error).__name__} (not a loadcheck error){where}: {self.error}"
 

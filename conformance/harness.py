@@ -31,7 +31,7 @@ from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare
                       run_outcome)
 from .fp8_compare import refine_fp8
 from .session import current
-from .survival import call_with_timeout
+from .survival import call_with_timeout, checked_result
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
            "provenance", "name_sets", "rerun_command", "count_example", "seed_for", "seeded",
@@ -69,11 +69,11 @@ def _calling_test_module():
     return None
 
 
-def _test_target() -> list[str]:
+def _test_target(nodeid: str | None = None) -> list[str]:
     """This test as the user can name it from where they stand: its file (the suite's own
     copy, wherever pytest's rootdir is) relative to the working directory, or, when the
     suite lies elsewhere (an installed one), `--pyargs conformance.test_x::name`."""
-    path, _, rest = _nodeid().partition("::")
+    path, _, rest = (nodeid or _nodeid()).partition("::")
     module = _calling_test_module()
     test_file = Path(module.__file__ if module else Path(__file__).parent / Path(path).name
                      ).resolve()
@@ -82,13 +82,13 @@ def _test_target() -> list[str]:
     return ["--pyargs", f"{__package__}.{test_file.stem}::{rest}"]
 
 
-def rerun_command() -> str:
+def rerun_command(nodeid: str | None = None) -> str:
     """The one line that replays this test's failure, runnable as printed from the working
     directory: the interpreter that ran the suite, the PYTHONPATH it had (where an
     out-of-tree adapter lives), the test, the loader and the profile (derandomized
     profiles replay as is; others need the seed)."""
     run = current()
-    parts = [_from_here(Path(sys.executable)), "-m", "pytest", *_test_target(),
+    parts = [_from_here(Path(sys.executable)), "-m", "pytest", *_test_target(nodeid),
              "--loader", run.loader_name, f"--hypothesis-profile={run.profile}"]
     if run.isolated:
         parts.append("--isolate")
@@ -170,7 +170,7 @@ def candidate_call(fn: Callable[[], object]) -> Outcome:
         run.candidate.timeout = timeout
         outcome = run_outcome(fn)
     else:
-        outcome = run_outcome(lambda: call_with_timeout(fn, timeout))
+        outcome = run_outcome(lambda: checked_result(call_with_timeout(fn, timeout)))
     if outcome.family == "hang":
         run.hung_tests.add(nodeid)
     return outcome

@@ -253,12 +253,32 @@ def _controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The start of completeness: the tests this run means to run (a controller without
+    xdist; with xdist, the first worker's collection, below)."""
+    if _controller(session.config) and "PYTEST_XDIST_WORKER" not in os.environ:
+        from conformance.completeness import write_collected
+        write_collected(session.config, [item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    from conformance.completeness import write_collected
+    write_collected(node.config, list(ids))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """One outcome line per test (from the controller), so a report can count passes."""
+    """One outcome line per test (from the controller), so a report can count passes; a
+    failure the suite did not record as a divergence, and a worker that died, are crash
+    records (conformance.completeness)."""
+    from conformance.completeness import record_unjudged, record_worker_crash
     from conformance.session import current
+    record_unjudged(report)  # in the process that ran the test: it knows what it recorded
     if "PYTEST_XDIST_WORKER" in os.environ:
         return  # the controller receives every worker's reports and writes them once
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+    if report.when == "???":  # xdist's report for the test a dying worker was running
+        record_worker_crash(report)
+    if report.when in ("call", "???") or (report.when == "setup" and report.outcome != "passed"):
         run = current()
         run.outcomes[report.nodeid] = report.outcome
         run.records.write({"type": "outcome", "test": report.nodeid, "outcome": report.outcome})
@@ -282,8 +302,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.config._loadcheck_verdict = verdict.lines(run.baseline, run.baseline_strict)
         if run.baseline_strict and verdict.fixed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    from conformance.completeness import unreported
+    missing = unreported(session.config, run.outcomes)
     run.records.write({"type": "end", "exitstatus": int(session.exitstatus),
-                       "tests": len(run.outcomes)})
+                       "tests": len(run.outcomes), "unreported": missing})
     path = session.config.getoption("--html-report")
     if path:
         from reports.html import build_report

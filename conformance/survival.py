@@ -27,7 +27,9 @@ from typing import Any, Callable
 from reference.checkpoint import Checkpoint, read_header, write_safetensors
 from reference.contract import ERROR_FAMILIES, LoadError, LoadOptions, LoadResult, ModelSpec
 
-__all__ = ["CandidateHung", "CandidateCrashed", "call_with_timeout", "IsolatedLoader"]
+__all__ = ["CandidateHung", "CandidateCrashed", "CandidateContractError", "call_with_timeout",
+           "checked_result", "aborted_message",
+           "IsolatedLoader"]
 
 
 class CandidateHung(Exception):
@@ -55,8 +57,46 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
         raise CandidateHung(f"no answer within {timeout:g} s (the call is abandoned; "
                             f"run with --isolate to kill such calls)")
     if "error" in box:
-        raise box["error"]
+        error = box["error"]
+        if not isinstance(error, Exception):
+            # KeyboardInterrupt, SystemExit, GeneratorExit raised by the candidate itself (a
+            # user's Ctrl-C reaches the main thread, not this one): it would end a real
+            # caller's process, and here it must not end the run.
+            raise CandidateCrashed(aborted_message(error)) from error
+        raise error
     return box["value"]
+
+
+class CandidateContractError(TypeError):
+    """The candidate returned a LoadResult that breaks the contract's types."""
+
+
+def checked_result(value: Any) -> Any:
+    """`value` as it is, unless it is a LoadResult whose state or buffers hold something
+    other than materialised tensors: then the candidate raised CandidateContractError, so
+    the comparison never meets a list, None or a meta tensor where bits belong."""
+    import torch
+    if isinstance(value, LoadResult):
+        for what in ("state", "buffers"):
+            tensors = getattr(value, what)
+            if not hasattr(tensors, "items"):
+                raise CandidateContractError(f"LoadResult.{what} is a {type(tensors).__name__}"
+                                             f", not a mapping of names to tensors")
+            for name, tensor in tensors.items():
+                if not isinstance(tensor, torch.Tensor):
+                    raise CandidateContractError(
+                        f"LoadResult.{what}[{name!r}] is a {type(tensor).__name__}, not a "
+                        f"torch.Tensor")
+                if tensor.is_meta:
+                    raise CandidateContractError(
+                        f"LoadResult.{what}[{name!r}] is on the meta device: it holds no "
+                        f"values (never materialised)")
+    return value
+
+
+def aborted_message(error: BaseException) -> str:
+    return (f"the candidate raised {type(error).__name__}({str(error)!r}) during the call: "
+            f"not an Exception, so it ends the process of whoever calls the loader")
 
 
 # ----- the child -------------------------------------------------------------------------
@@ -72,6 +112,8 @@ def _answer_load(loader: Any, request: dict[str, Any]) -> dict[str, Any]:
                           "alternatives": sorted(exc.alternatives)}}
     except Exception as exc:
         return {"error": {"family": None, "type": type(exc).__name__, "message": str(exc)}}
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit
+        return {"crash": aborted_message(exc)}
 
 
 def _forked_call(loader: Any, request: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 from .history import Key, previous_divergences, write_history
 from .identity import record_signature
 from .records import Run, read_runs
-from .summary import headline, outcome_counts, run_state, severity_rank
+from .summary import headline, incomplete_reason, outcome_counts, run_state, severity_rank
 
 __all__ = ["build_report", "render_report", "report_context", "MAX_ITEMS_PER_CARD"]
 
@@ -107,7 +107,9 @@ def _run_view(index: int, run: Run, divergences: int, tests: int) -> dict[str, A
         "time": str(meta.get("time") or "-"), "python": str(meta.get("python") or "-"),
         "hypothesis": str(meta.get("hypothesis") or "-"), "directory": run.directory,
         "divergences": divergences, "failing_tests": tests, "cell": _cell_key(run.cell),
-        "state": run_state(run), "known": len({k.get("entry") for k in run.known}),
+        "state": run_state(run),
+        "why_incomplete": incomplete_reason(run) if run.complete is False else "",
+        "known": len({k.get("entry") for k in run.known}),
         "fixed": sorted((run.verdict or {}).get("fixed") or []),
         "baseline": str(meta.get("baseline") or ""),
         "written_at": str(meta.get("records") or ""),

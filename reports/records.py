@@ -45,11 +45,21 @@ class Run:
     known: list[dict[str, Any]] = field(default_factory=list)
     verdict: dict[str, Any] | None = None   # the baseline's account, when run with one
     end: dict[str, Any] | None = None       # the controller's last line: the run finished
+    collected: list[str] | None = None      # the tests the run meant to run (its start)
+
+    @property
+    def unreported(self) -> list[str]:
+        """Collected tests without an outcome line: the run (or a worker) died first."""
+        reported = {str(o.get("test")) for o in self.outcomes}
+        return [t for t in self.collected or [] if t not in reported]
 
     @property
     def complete(self) -> bool | None:
-        """Whether the run finished; None for records older than end lines (no run id)."""
-        return True if self.end is not None else (False if self.meta.get("run_id") else None)
+        """Whether the run finished and every collected test reported; None for records
+        older than end lines (no run id)."""
+        if self.end is None:
+            return False if self.meta.get("run_id") else None
+        return not self.unreported
 
     @property
     def loader(self) -> str:
@@ -108,7 +118,7 @@ def read_records(paths: Iterable[str | Path]) -> Records:
                 records.known.append(record)
             elif kind == "baseline":
                 records.verdicts.append(record)
-            elif kind != "end":
+            elif kind not in ("end", "collected"):
                 records.divergences.append(record)
     return records
 
@@ -148,6 +158,8 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
                 run.verdict = record
             elif kind == "end":
                 run.end = record
+            elif kind == "collected":
+                run.collected = [str(t) for t in record.get("tests") or []]
             else:
                 run.divergences.append(record)
     for run in runs.values():

@@ -9,7 +9,8 @@ from typing import Any
 
 from .records import Run
 
-__all__ = ["SEVERITY_ORDER", "severity_rank", "headline", "run_line", "text_summary",
+__all__ = ["SEVERITY_ORDER", "severity_rank", "headline", "run_line", "incomplete_reason",
+           "text_summary",
            "markdown_summary"]
 
 # Worst first (conformance.compare.SEVERITIES); an unknown severity sorts last.
@@ -35,8 +36,9 @@ def outcome_counts(run: Run) -> Counter:
 
 
 def run_state(run: Run) -> str:
-    """'incomplete' (no end line), 'not tested' (nothing passed or failed), 'fail' (a new
-    divergence or a failed test), 'known' (only baseline divergences), or 'pass'."""
+    """'incomplete' (no end line, or collected tests that never reported), 'not tested'
+    (nothing passed or failed), 'fail' (a new divergence or a failed test), 'known' (only
+    baseline divergences), or 'pass'."""
     counts = outcome_counts(run)
     if run.complete is False:
         return "incomplete"
@@ -67,8 +69,20 @@ def run_line(run: Run) -> str:
         parts.append(f"known {len(known)}" + (f" ({', '.join(known)})" if known else ""))
         parts.append(f"fixed {len(fixed)}" + (f" ({', '.join(fixed)})" if fixed else ""))
     if run.complete is False:
-        parts.append("the run did not finish (no end line): what it did not test is unknown")
+        parts.append(incomplete_reason(run))
     return "; ".join(parts)
+
+
+def incomplete_reason(run: Run) -> str:
+    """Why a run is incomplete, naming the tests that never reported."""
+    missing = run.unreported
+    named = (f"{len(missing)} of {len(run.collected or [])} collected tests never reported"
+             + (f" ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+                if missing else ""))
+    if run.end is None:
+        return ("the run did not finish (no end line): what it did not test is unknown"
+                + (f"; {named}" if run.collected is not None else ""))
+    return f"{named}: they were not tested"
 
 
 def _ordered(run: Run) -> list[dict[str, Any]]:
