@@ -12,6 +12,7 @@ import ctypes
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,58 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .contract import (CONFIG_FILE, INDEX_FILE, SINGLE_FILE, CorruptCheckpointError,
-                       UnsafeCheckpointError, UnsupportedDtypeError)
+                       UnsafeCheckpointError, UnsupportedDtypeError, UnsupportedLayoutError)
 from .dtypes import DTYPE_OF_CODE, SAFETENSORS_CODES
 from .filemap import FileRange
 
 __all__ = ["TensorEntry", "Checkpoint", "open_checkpoint", "read_header",
            "write_safetensors", "write_checkpoint", "shard_file_name"]
 
-# A header larger than this is refused before it is read (real headers are kilobytes).
-MAX_HEADER_BYTES = 64 * 2**20
+# Bounds on what a checkpoint's JSON may cost before it is parsed. Real headers are
+# kilobytes and real indexes a few megabytes (a 1T-parameter MoE's ~140k keys: ~15 MB);
+# parsing costs about 40 bytes of memory per JSON token (a string, comma or bracket), so
+# 1M tokens (~58k tensors in one header, ~200k index keys) stay under ~100 MB.
+MAX_HEADER_BYTES = 32 * 2**20
+MAX_INDEX_BYTES = 32 * 2**20
+MAX_JSON_TOKENS = 1_000_000
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
+          "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path: Path, name: str):
+    """`path` opened for reading, refused (naming it) unless it is a regular file: a FIFO
+    blocks a reader forever, a device never ends, a directory is not data. The type is
+    checked on the opened descriptor (O_NONBLOCK: opening a FIFO does not wait), so nothing
+    can be swapped in between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CorruptCheckpointError(f"{name}: cannot be opened: {exc.strerror or exc}",
+                                     subject=name) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((what for test, what in _KINDS if test(mode)), "not a regular file")
+        raise CorruptCheckpointError(f"{name}: is {kind}, not a regular file; a checkpoint "
+                                     f"file must be one", subject=name)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def _parse_json(raw: bytes, name: str, what: str) -> Any:
+    """Parse a header or index after bounding its memory (tokens, counted in C before one
+    object is built); nesting deeper than the interpreter's recursion limit is refused."""
+    tokens = sum(raw.count(c) for c in (b'"', b",", b"{", b"["))
+    if tokens > MAX_JSON_TOKENS:
+        raise CorruptCheckpointError(f"{name}: {what} holds about {tokens} JSON tokens, more "
+                                     f"than the {MAX_JSON_TOKENS} this reader parses (real "
+                                     f"ones hold far fewer)", subject=name)
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptCheckpointError(f"{name}: {what} is not valid UTF-8 JSON: {exc}",
+                                     subject=name) from None
 
 
 @dataclass(frozen=True)
@@ -56,12 +100,14 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptCheckpointError(f"{path.name}: {what} is not valid JSON: {exc}",
-                                     subject=path.name) from None
+def _load_json(path: Path, what: str, limit: int = MAX_INDEX_BYTES) -> Any:
+    with _open_regular(path, path.name) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise CorruptCheckpointError(f"{path.name}: {what} is {size} bytes, more than the "
+                                         f"{limit}-byte limit", subject=path.name)
+        raw = f.read(size)
+    return _parse_json(raw, path.name, what)
 
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
@@ -71,8 +117,8 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
     def corrupt(reason: str, subject: str | None = None) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{name}: {reason}", subject=subject or name)
 
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with _open_regular(path, name) as f:
+        size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) < 8:
             raise corrupt(f"file is {size} bytes, too short for a safetensors header")
@@ -81,10 +127,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             raise corrupt(f"header length {header_len} exceeds the file ({size} bytes) "
                           f"or the {MAX_HEADER_BYTES}-byte limit")
         raw = f.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise corrupt(f"header is not valid UTF-8 JSON: {exc}") from None
+    header = _parse_json(raw, name, "header")
     if not isinstance(header, dict):
         raise corrupt("header is not a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -131,6 +174,13 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         raise corrupt(f"the last {data_start + data_size - covered} bytes of the data section "
                       f"belong to no tensor (safetensors refuses a file its header does not "
                       f"cover)")
+    # An empty tensor may sit only between tensors (safetensors checks the same): one whose
+    # offset lies inside another tensor's bytes is a header that lies about the layout.
+    boundaries = {e.offset for e in entries.values() if e.nbytes} | {covered}
+    for entry in entries.values():
+        if not entry.nbytes and entry.offset not in boundaries:
+            raise corrupt(f"empty tensor {entry.key!r} has data_offsets inside another "
+                          f"tensor's bytes", entry.key)
     return entries
 
 
@@ -150,13 +200,34 @@ def _check_link(root: Path, directory: Path, file_name: str) -> None:
     to `../../blobs/<hash>`), directly in that repo's `blobs/`. Names are checked before
     this (`_check_shard_name`): a name never leaves the directory, a link may only go there."""
     path = directory / file_name
-    if not (path.is_symlink() or path.exists()):
-        return
-    home = path.resolve().parent
+    try:
+        if not (path.is_symlink() or path.exists()):
+            return
+        home = path.resolve().parent
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop, no permission
+        shown = file_name if len(file_name) <= 80 else (
+            f"{file_name[:40]}...{file_name[-20:]} ({len(file_name)} characters)")
+        raise CorruptCheckpointError(f"{shown} cannot be resolved: "
+                                     f"{getattr(exc, 'strerror', None) or exc}",
+                                     subject=file_name) from None
     if home != root and not (root.parent.name == "snapshots"
                              and home == root.parent.parent / "blobs"):
         raise UnsafeCheckpointError(f"{file_name} resolves outside {directory} (to {home})",
                                     subject=file_name)
+
+
+def _valid_bools(entry: TensorEntry, tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as it is, unless it is bool with a byte other than 0 or 1: torch would hold
+    it as is, and such a value is neither true nor false (== and any() disagree on it).
+    Only bool tensors are scanned, so the cost is theirs alone."""
+    if entry.dtype == torch.bool and tensor.numel():
+        bad = (tensor.view(torch.uint8) > 1).reshape(-1).nonzero()
+        if bad.numel():
+            raise CorruptCheckpointError(
+                f"{entry.file}: bool tensor {entry.key!r} holds byte "
+                f"{int(tensor.view(torch.uint8).reshape(-1)[bad[0, 0]])} at element "
+                f"{int(bad[0, 0])} (a bool must be 0 or 1)", subject=entry.key)
+    return tensor
 
 
 class Checkpoint:
@@ -174,7 +245,7 @@ class Checkpoint:
 
     def _file(self, name: str):
         if name not in self._files:
-            self._files[name] = open(self.directory / name, "rb", buffering=0)
+            self._files[name] = _open_regular(self.directory / name, name)
         return self._files[name]
 
     def read_into(self, entry: TensorEntry, out: torch.Tensor, rows: tuple[int, int] | None = None
@@ -197,7 +268,7 @@ class Checkpoint:
                     raise CorruptCheckpointError(f"{entry.file}: tensor {entry.key!r} is "
                                                  f"truncated", subject=entry.key)
                 done += got
-        return out
+        return _valid_bools(entry, out)
 
     def read(self, entry: TensorEntry, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """A fresh CPU tensor holding `entry` (or rows of it)."""
@@ -224,13 +295,19 @@ class Checkpoint:
         storage = self._mappings.get(entry.file)
         if storage is None:
             path = self.directory / entry.file
-            storage = torch.UntypedStorage.from_file(str(path), shared=False,
-                                                     nbytes=path.stat().st_size)
+            try:
+                storage = torch.UntypedStorage.from_file(str(path), shared=False,
+                                                         nbytes=path.stat().st_size)
+            except (RuntimeError, OSError) as exc:  # ENOMEM: larger than this machine maps
+                raise UnsupportedLayoutError(f"{entry.file}: cannot be mapped into memory "
+                                             f"here ({path.stat().st_size} bytes): {exc}",
+                                             subject=entry.file) from None
             self._mappings[entry.file] = storage
         shape = list(entry.shape)
         if rows is not None and shape:
             shape[0] = stop - start
-        return torch.empty(0, dtype=entry.dtype).set_(storage, offset // itemsize, shape)
+        return _valid_bools(entry, torch.empty(0, dtype=entry.dtype).set_(
+            storage, offset // itemsize, shape))
 
     def close(self) -> None:
         for f in self._files.values():
@@ -256,7 +333,7 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     if not index_path.exists():
         _check_link(root, directory, SINGLE_FILE)
         single = directory / SINGLE_FILE
-        if not single.is_file():
+        if not single.exists():
             raise CorruptCheckpointError(f"{directory} has neither {SINGLE_FILE} nor "
                                          f"{INDEX_FILE}", subject=str(directory))
         return Checkpoint(directory, read_header(single))
@@ -271,9 +348,10 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
     for file_name in files:  # every shard exists and stays inside before any header is read
         path = directory / file_name
         _check_link(root, directory, file_name)
-        if not path.is_file():
+        if not path.exists():
             raise CorruptCheckpointError(f"{INDEX_FILE} names {file_name}, which is not a "
                                          f"file in {directory}", subject=file_name)
+        _open_regular(path, file_name).close()  # a FIFO or a directory: refused by its type
     entries: dict[str, TensorEntry] = {}
     for file_name in files:
         for key, entry in read_header(directory / file_name).items():
