@@ -27,6 +27,8 @@ class Outcome:
 
     result: LoadResult | None = None
     error: BaseException | None = None
+    # what the call did besides its result (conformance.guard): reported with it
+    side_effects: list["Divergence"] = field(default_factory=list)
 
     @property
     def family(self) -> str:
@@ -190,8 +192,17 @@ def _name_sets(expected: LoadResult, found: LoadResult, which: tuple[str, ...]
 def compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str, ...],
                      device: str, where: Callable[[str], str] = lambda name: "",
                      any_refusal: bool = False) -> list[Divergence]:
-    """All divergences between the reference's outcome and the candidate's. With
-    `any_refusal` (hostile input), any error of the family counts as refusing it."""
+    """All divergences between the reference's outcome and the candidate's (its side
+    effects first). With `any_refusal` (hostile input), any error of the family counts as
+    refusing it."""
+    return list(found.side_effects) + _compare_outcomes(
+        expected, found, name_sets=name_sets, device=device, where=where,
+        any_refusal=any_refusal)
+
+
+def _compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str, ...],
+                      device: str, where: Callable[[str], str],
+                      any_refusal: bool) -> list[Divergence]:
     if expected.error is not None or found.error is not None:
         if isinstance(expected.error, LoadError) and isinstance(found.error, LoadError) \
                 and (any_refusal or found.error.family in expected.error.alternatives):

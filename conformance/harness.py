@@ -30,6 +30,7 @@ from .repro import CASE_FILE
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
 from .fp8_compare import refine_fp8
+from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
 from .survival import call_with_timeout, checked_result
 
@@ -166,11 +167,15 @@ def candidate_call(fn: Callable[[], object]) -> Outcome:
     child, which enforces the timeout by killing itself)."""
     run, nodeid = current(), _nodeid()
     timeout = min(run.timeout, HUNG_RETRY_TIMEOUT) if nodeid in run.hung_tests else run.timeout
-    if run.isolated:
-        run.candidate.timeout = timeout
-        outcome = run_outcome(fn)
-    else:
-        outcome = run_outcome(lambda: checked_result(call_with_timeout(fn, timeout)))
+    if run.judge is None:
+        run.judge = JudgeSnapshot()
+    with guarded_call(None if run.isolated else run.judge) as side_effects:
+        if run.isolated:
+            run.candidate.timeout = timeout
+            outcome = run_outcome(fn)
+        else:
+            outcome = run_outcome(lambda: checked_result(call_with_timeout(fn, timeout)))
+    outcome.side_effects += side_effects
     if outcome.family == "hang":
         run.hung_tests.add(nodeid)
     return outcome
@@ -181,7 +186,9 @@ def load_both(case, directory: Path, options: LoadOptions | None = None,
     run, options = current(), options or case.options
     spec = spec or case.plan.spec
     expected = run_outcome(lambda: run.reference.load(str(directory), spec, options))
+    fingerprint = CheckpointFingerprint(directory)
     found = candidate_call(lambda: run.candidate.load(str(directory), spec, options))
+    found.side_effects += fingerprint.divergences()
     return expected, found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from reference.contract import Loader, ModelSupport
 from .baseline import Baseline
@@ -33,11 +34,14 @@ class RunConfig:
     collected: set[tuple[str, str]] = field(default_factory=set)  # (test, divergence key)
     known_recorded: set[tuple[str, str]] = field(default_factory=set)  # (entry id, test)
     outcomes: dict[str, str] = field(default_factory=dict)  # test -> outcome (controller)
+    judge: Any = None  # conformance.guard.JudgeSnapshot, taken at the first candidate call
 
     @cached_property
     def reference(self) -> ReferenceLoader:
-        """The reference under the candidate's declared semantic variants."""
-        return ReferenceLoader(variants=dict(self.candidate.variants))
+        """The reference under the candidate's declared semantic variants. It copies
+        instead of mapping files: a candidate that writes into its checkpoint must not
+        change the expected result (conformance.guard)."""
+        return ReferenceLoader(variants=dict(self.candidate.variants), map_weights=False)
 
     @property
     def capabilities(self) -> frozenset[str]:

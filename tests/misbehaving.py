@@ -1,5 +1,6 @@
 """Candidates that misbehave as processes rather than as loaders: they kill their process,
-raise what is not an Exception, or return what is not a result. Each is named on the
+raise what is not an Exception, return what is not a result, or change what they are judged
+by (their checkpoint, process-wide state, the suite's functions). Each is named on the
 command line as `tests.misbehaving:<name>`; tests/test_completeness.py (and the survival
 tests) prove a run against each ends with every failure recorded and never looks clean.
 
@@ -10,6 +11,10 @@ are the reference's."""
 from __future__ import annotations
 
 import ctypes
+import os
+from pathlib import Path
+
+import torch
 
 from reference.contract import LoadResult
 from reference.loading import ReferenceLoader
@@ -22,34 +27,74 @@ class _Misbehaving(ReferenceLoader):
 
     def load(self, checkpoint, spec, options):
         result = super().load(checkpoint, spec, options)
-        return self._act(lambda: result)
+        return self._act(lambda: result, Path(checkpoint))
 
 
-def _segfault(load):
+def _segfault(load, checkpoint):
     ctypes.string_at(0)  # reads address 0: SIGSEGV, as a bug in a C extension does
 
 
 def _raise(kind):
-    def act(load):
+    def act(load, checkpoint):
         raise kind("raised by the candidate")
     return act
 
 
-def _non_tensors(load):
+def _non_tensors(load, checkpoint):
     result = load()
     state = dict(result.state)
     state[next(iter(state))] = [1.0, 2.0]  # a list where a tensor belongs
     return LoadResult(**{**vars(result), "state": state})
 
 
-def _meta_tensors(load):
+def _meta_tensors(load, checkpoint):
     result = load()
     return LoadResult(**{**vars(result), "state": {k: v.to("meta") for k, v in
                                                     result.state.items()}})
 
 
-def _none(load):
+def _none(load, checkpoint):
     return None  # not a LoadResult: the harness itself fails on it
+
+
+def _data_files(checkpoint: Path) -> list[Path]:
+    return sorted(checkpoint.glob("*.safetensors"))
+
+
+def _write_into(load, checkpoint):
+    """Overwrites the last 8 bytes of each file's data (the reference maps these files)."""
+    for path in _data_files(checkpoint):
+        with open(path, "r+b") as f:
+            f.seek(-8, os.SEEK_END)
+            f.write(b"\x7f" * 8)
+    return load()
+
+
+def _truncate(load, checkpoint):
+    """Cuts each file in half: a reader still mapping it dies of SIGBUS on the lost pages."""
+    result = load()
+    for path in _data_files(checkpoint):
+        os.truncate(path, path.stat().st_size // 2)
+    return result
+
+
+def _chdir(load, checkpoint):
+    os.chdir(checkpoint.parent)
+    return load()
+
+
+def _default_dtype(load, checkpoint):
+    torch.set_default_dtype(torch.float64)
+    return load()
+
+
+def _patch_judge(load, checkpoint):
+    """Makes every tensor comparison agree, as a candidate could in one process."""
+    import conformance.compare
+    conformance.compare.compare_tensor = lambda *args, **kwargs: None
+    result = load()
+    return type(result)(**{**vars(result), "state": {k: torch.zeros_like(v) for k, v in
+                                                      result.state.items()}})
 
 
 segfaults = _Misbehaving("segfaults", _segfault)
@@ -59,3 +104,8 @@ generator_exit = _Misbehaving("generator_exit", _raise(GeneratorExit))
 non_tensors = _Misbehaving("non_tensors", _non_tensors)
 meta_tensors = _Misbehaving("meta_tensors", _meta_tensors)
 returns_none = _Misbehaving("returns_none", _none)
+writes_checkpoint = _Misbehaving("writes_checkpoint", _write_into)
+truncates_checkpoint = _Misbehaving("truncates_checkpoint", _truncate)
+changes_cwd = _Misbehaving("changes_cwd", _chdir)
+sets_default_dtype = _Misbehaving("sets_default_dtype", _default_dtype)
+patches_judge = _Misbehaving("patches_judge", _patch_judge)
