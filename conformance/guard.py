@@ -114,14 +114,29 @@ class JudgeSnapshot:
         return changed
 
 
+def _children() -> set[int]:
+    """This process's child processes (Linux: /proc/self/task/*/children); empty elsewhere."""
+    out: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                out.update(int(pid) for pid in f.read().split())
+    except OSError:
+        pass
+    return out
+
+
 def _default_device() -> str:
     return str(torch.get_default_device()) if hasattr(torch, "get_default_device") else "cpu"
 
 
 @contextmanager
-def guarded_call(judge: JudgeSnapshot | None) -> Iterator[list[Divergence]]:
+def guarded_call(judge: JudgeSnapshot | None, in_process: bool = True
+                 ) -> Iterator[list[Divergence]]:
     """Around one candidate call: the divergences its side effects amount to, filled in
-    when the call returns (each effect undone)."""
+    when the call returns (each effect undone, except child processes it left running:
+    in process they are reported, not killed; --isolate kills them)."""
+    children = _children() if in_process else set()
     cwd, dtype, device = os.getcwd(), torch.get_default_dtype(), _default_device()
     torch_rng, python_rng = torch.get_rng_state(), random.getstate()
     found: list[Divergence] = []
@@ -149,6 +164,13 @@ def guarded_call(judge: JudgeSnapshot | None) -> Iterator[list[Divergence]]:
             found.append(Divergence("global_state", "default device", f"the candidate left "
                                     f"torch's default device at {changed_device} (was {device});"
                                     f" restored", {"expected": device, "found": changed_device}))
+        left = sorted(_children() - children) if in_process else []
+        if left:
+            found.append(Divergence("process", "child processes", f"the candidate left "
+                                    f"{len(left)} child process(es) running after the call "
+                                    f"(pids {', '.join(map(str, left[:5]))}): a loader's "
+                                    f"helpers must end with it (--isolate kills them)",
+                                    {"found": left}))
         torch.set_rng_state(torch_rng)
         random.setstate(python_rng)
         for name in judge.restore() if judge is not None else []:

@@ -32,7 +32,7 @@ from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare
 from .fp8_compare import refine_fp8
 from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
-from .survival import call_with_timeout, checked_result
+from .survival import HungTestStopped, call_with_timeout, checked_result
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
            "provenance", "name_sets", "rerun_command", "count_example", "seed_for", "seeded",
@@ -157,19 +157,21 @@ def written(plan: CheckpointPlan) -> Iterator[Path]:
         yield plan.write(Path(tmp) / "checkpoint")
 
 
-# After a candidate hung once in a test, its calls get this long: Hypothesis replays and
-# shrinks the failure, and each replay must not cost the full timeout again.
-HUNG_RETRY_TIMEOUT = 1.0
-
-
 def candidate_call(fn: Callable[[], object]) -> Outcome:
     """Run one candidate call under the run's timeout (in process, or in the isolated
-    child, which enforces the timeout by killing itself)."""
+    child, which enforces the timeout by killing itself). After a first hang in a test,
+    the test stops (HungTestStopped): its hang record is written, and no shrinking replay
+    costs a timeout again, so a run ends in bounded time (tests x timeout)."""
     run, nodeid = current(), _nodeid()
-    timeout = min(run.timeout, HUNG_RETRY_TIMEOUT) if nodeid in run.hung_tests else run.timeout
+    if nodeid in run.hung_tests:
+        raise HungTestStopped(f"loadcheck: [hang] {run.loader_name} hung in this test (no "
+                              f"answer within {run.timeout:g} s, the --candidate-timeout in "
+                              f"force); its remaining examples were not run, the example that "
+                              f"hung is in the run's records\n  re-run: {rerun_command()}")
+    timeout = run.timeout
     if run.judge is None:
         run.judge = JudgeSnapshot()
-    with guarded_call(None if run.isolated else run.judge) as side_effects:
+    with guarded_call(None if run.isolated else run.judge, not run.isolated) as side_effects:
         if run.isolated:
             run.candidate.timeout = timeout
             outcome = run_outcome(fn)

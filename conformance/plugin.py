@@ -32,6 +32,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write the self-contained HTML divergence report here at the end")
     group.addoption("--isolate", action="store_true", default=False,
                     help="run candidate calls in a child process: a crash costs one example")
+    group.addoption("--isolate-memory", type=int, default=4096, metavar="MIB",
+                    help="with --isolate: address space a candidate call may add, in MiB "
+                         "(default 4096: two xdist workers fit a 24 GiB runner; 0: no limit); "
+                         "a call that exceeds it is a crash naming the limit")
     group.addoption("--candidate-timeout", type=float, default=None,
                     help="seconds a candidate call may take before it counts as a hang "
                          "(default 60)")
@@ -177,7 +181,8 @@ def pytest_configure(config: pytest.Config) -> None:
     isolated = config.getoption("--isolate")
     if isolated:
         from conformance.survival import IsolatedLoader
-        candidate = IsolatedLoader(name, candidate, timeout)
+        candidate = IsolatedLoader(name, candidate, timeout,
+                                   config.getoption("--isolate-memory") or None)
     configure(RunConfig(loader_name=name, candidate=candidate, device=device, profile=profile,
                         seed=seed, records=records, timeout=timeout, isolated=isolated,
                         baseline=baseline, baseline_strict=config.getoption("--baseline-strict"),
@@ -221,6 +226,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if config._loadcheck_replaced:
         lines.append(f"loadcheck: replaced the records of earlier run(s) of this cell: "
                      f"{', '.join(config._loadcheck_replaced)}")
+    if getattr(loader, "withheld", None):
+        lines.append(f"loadcheck --isolate: withheld (they need the live model across calls; "
+                     f"their properties skip): {', '.join(loader.withheld)}")
     lines.append("loadcheck capabilities: " + "  ".join(
         f"{'+' if cap in claimed else '-'}{cap}" for cap in CAPABILITIES))
     if loader.variants:
@@ -237,6 +245,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     run = current()
     for marker in item.iter_markers("requires"):
         lacking = [cap for cap in marker.args if cap not in run.capabilities]
+        withheld = [cap for cap in lacking if cap in getattr(run.candidate, "withheld", ())]
+        if withheld:
+            pytest.skip(f"--isolate: {', '.join(withheld)} of loader {run.loader_name!r} "
+                        f"not offered across the process boundary (the call needs the live "
+                        f"model of an earlier load); run without --isolate to test it")
         if lacking:
             pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
 

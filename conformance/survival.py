@@ -24,16 +24,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from reference.checkpoint import Checkpoint, read_header, write_safetensors
+from reference.checkpoint import Checkpoint, open_regular, read_header, write_safetensors
 from reference.contract import ERROR_FAMILIES, LoadError, LoadOptions, LoadResult, ModelSpec
 
-__all__ = ["CandidateHung", "CandidateCrashed", "CandidateContractError", "call_with_timeout",
+__all__ = ["CandidateHung", "CandidateCrashed", "CandidateContractError", "HungTestStopped",
+           "call_with_timeout",
            "checked_result", "aborted_message",
            "IsolatedLoader"]
 
 
 class CandidateHung(Exception):
     """The candidate did not return within the timeout."""
+
+
+class HungTestStopped(BaseException):
+    """Stops a test after its candidate hung once. A BaseException, so Hypothesis does not
+    take it for a failure to shrink (each replay would cost a timeout) and lets it out."""
 
 
 class CandidateCrashed(Exception):
@@ -54,8 +60,9 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float) -> Any:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise CandidateHung(f"no answer within {timeout:g} s (the call is abandoned; "
-                            f"run with --isolate to kill such calls)")
+        raise CandidateHung(f"no answer within {timeout:g} s, the --candidate-timeout in "
+                            f"force (the call is abandoned; run with --isolate to kill such "
+                            f"calls); the test's remaining examples are skipped")
     if "error" in box:
         error = box["error"]
         if not isinstance(error, Exception):
@@ -120,31 +127,82 @@ def _forked_call(loader: Any, request: dict[str, Any]) -> dict[str, Any]:
     """Run one call in a forked process (the candidate is imported once, in the server):
     a crash or a hang costs one fork, not a fresh interpreter."""
     answer_path = Path(request["out"] + ".json")
+    memory = request.get("memory_mb")
     pid = os.fork()
-    if pid == 0:  # the call's own process
+    if pid == 0:  # the call's own process, and the leader of its own process group
         code = 0
         try:
+            os.setpgid(0, 0)
+            if memory:
+                _limit_memory(memory)
             answer_path.write_text(json.dumps(_answer_load(loader, request)))
         except BaseException:
             code = 70
         finally:
             os._exit(code)
+    try:
+        os.setpgid(pid, pid)  # also here: whichever runs first, the group exists
+    except OSError:
+        pass
     deadline = time.monotonic() + request["timeout"]
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return {"hang": f"no answer within {request['timeout']:g} s; the call's process "
-                            f"was killed"}
-        time.sleep(0.002)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return {"hang": f"no answer within {request['timeout']:g} s, the "
+                                f"--candidate-timeout in force; the call's process was killed;"
+                                f" the test's remaining examples are skipped"}
+            time.sleep(0.002)
+    finally:
+        _kill_group(pid)  # whatever the call started and left running dies with it
+    limit = f" (the --isolate-memory limit of {memory} MiB in force)" if memory else ""
     if os.WIFSIGNALED(status) or not answer_path.exists():
         how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
                if os.WIFSIGNALED(status) else f"exited with status {os.WEXITSTATUS(status)}")
-        return {"crash": f"the candidate's process {how} during load"}
-    return json.loads(answer_path.read_text())
+        return {"crash": f"the candidate's process {how} during load{limit}"}
+    try:
+        answer = json.loads(_read_small(answer_path))
+    except (OSError, ValueError, LoadError) as exc:
+        return {"crash": f"the call's answer file is unreadable: {exc}"}
+    error = answer.get("error") or {}
+    if memory and (error.get("type") == "MemoryError" or "allocate memory" in str(
+            error.get("message", "")) or "out of memory" in str(error.get("message", ""))):
+        return {"crash": f"the candidate ran out of memory{limit}: {error.get('type')}: "
+                         f"{str(error.get('message'))[:300]}"}
+    return answer
+
+
+def _limit_memory(megabytes: int) -> None:
+    """Address space for this call: what the process holds now plus `megabytes` (so the
+    limit is what the call may add, whatever torch already mapped)."""
+    import resource
+    size = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                size = int(line.split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (size + megabytes * 2**20, resource.RLIM_INFINITY))
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: nothing was left running
+
+
+def _read_small(path: Path, limit: int = 64 * 2**20) -> str:
+    """A file the call's process wrote, read only if it is a regular file of sane size: a
+    process it left behind may have swapped in a FIFO (a read would never return)."""
+    with open_regular(path, path.name) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ValueError(f"{path.name} is {size} bytes (more than {limit})")
+        return f.read(size).decode("utf-8")
 
 
 def _warm_up() -> None:
@@ -208,7 +266,7 @@ def _read_tensors(path: Path) -> dict:
 
 
 def _read_result(out: Path) -> LoadResult:
-    names = json.loads((out / "result.json").read_text())
+    names = json.loads(_read_small(out / "result.json"))
     return LoadResult(state=_read_tensors(out / "state.safetensors"),
                       buffers=_read_tensors(out / "buffers.safetensors"),
                       loaded=frozenset(names["loaded"]), missing=frozenset(names["missing"]),
@@ -221,14 +279,23 @@ def _read_result(out: Path) -> LoadResult:
 _GRACE = 30.0  # seconds beyond the call's timeout before the server itself is given up
 
 
-class IsolatedLoader:
-    """The candidate, behind a child process: same name, version, capabilities, variants.
-    `forward` needs the live model, so it is not offered across the boundary."""
+# Capabilities whose calls take the live model of an earlier load: each call forks and its
+# model dies with the fork, so they are withheld under isolation (their properties skip,
+# saying so) rather than offered and failed.
+NEEDS_LIVE_MODEL = {"forward": "forward", "bytes": "parameter_bytes", "reload": "reload",
+                    "offload": "offload", "fp8_quantize": "quantize"}
 
-    def __init__(self, loader_name: str, candidate: Any, timeout: float):
-        self.loader_name, self.timeout = loader_name, timeout
+
+class IsolatedLoader:
+    """The candidate, behind a child process: same name, version, variants, and the
+    capabilities that do not need the live model across calls (`withheld`: the rest)."""
+
+    def __init__(self, loader_name: str, candidate: Any, timeout: float,
+                 memory_mb: int | None = None):
+        self.loader_name, self.timeout, self.memory_mb = loader_name, timeout, memory_mb
         self.name, self.version = candidate.name, candidate.version
-        self.capabilities = frozenset(candidate.capabilities) - {"forward"}
+        self.withheld = sorted(set(candidate.capabilities) & set(NEEDS_LIVE_MODEL))
+        self.capabilities = frozenset(candidate.capabilities) - set(self.withheld)
         self.variants = dict(candidate.variants)
         self.model_support = getattr(candidate, "model_support", None)
         self._child: subprocess.Popen | None = None
@@ -249,7 +316,7 @@ class IsolatedLoader:
         with tempfile.TemporaryDirectory(prefix="loadcheck-isolated-") as tmp:
             request = {"checkpoint": checkpoint, "spec": spec.to_dict(),
                        "options": vars(options), "out": str(Path(tmp) / "result"),
-                       "timeout": self.timeout}
+                       "timeout": self.timeout, "memory_mb": self.memory_mb}
             try:
                 child.stdin.write(json.dumps(request) + "\n")
                 child.stdin.flush()
@@ -260,8 +327,10 @@ class IsolatedLoader:
             if not ready:
                 child.kill()
                 child.wait()
-                raise CandidateHung(f"no answer within {self.timeout:g} s; the isolated "
-                                    f"candidate process was killed")
+                raise CandidateHung(f"no answer within {self.timeout:g} s, the "
+                                    f"--candidate-timeout in force; the isolated candidate "
+                                    f"process was killed; the test's remaining examples are "
+                                    f"skipped")
             line = child.stdout.readline()
             if not line:
                 code = child.wait()
@@ -283,7 +352,12 @@ class IsolatedLoader:
                         error["message"], subject=error["subject"],
                         alternatives=frozenset(error["alternatives"]))
                 raise RuntimeError(f"{error['type']}: {error['message']}")
-            return _read_result(Path(request["out"]))
+            try:
+                return _read_result(Path(request["out"]))
+            except (LoadError, OSError, ValueError, KeyError) as exc:
+                raise CandidateCrashed(f"the isolated call's result files are unreadable "
+                                       f"(something it left behind changed them?): {exc}"
+                                       ) from None
 
 
 if __name__ == "__main__":

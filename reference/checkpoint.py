@@ -25,7 +25,7 @@ from .contract import (CONFIG_FILE, INDEX_FILE, SINGLE_FILE, CorruptCheckpointEr
 from .dtypes import DTYPE_OF_CODE, SAFETENSORS_CODES
 from .filemap import FileRange
 
-__all__ = ["TensorEntry", "Checkpoint", "open_checkpoint", "read_header",
+__all__ = ["TensorEntry", "Checkpoint", "open_checkpoint", "read_header", "open_regular",
            "write_safetensors", "write_checkpoint", "shard_file_name"]
 
 # Bounds on what a checkpoint's JSON may cost before it is parsed. Real headers are
@@ -40,7 +40,7 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCH
           "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _open_regular(path: Path, name: str):
+def open_regular(path: Path, name: str):
     """`path` opened for reading, refused (naming it) unless it is a regular file: a FIFO
     blocks a reader forever, a device never ends, a directory is not data. The type is
     checked on the opened descriptor (O_NONBLOCK: opening a FIFO does not wait), so nothing
@@ -101,7 +101,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _load_json(path: Path, what: str, limit: int = MAX_INDEX_BYTES) -> Any:
-    with _open_regular(path, path.name) as f:
+    with open_regular(path, path.name) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise CorruptCheckpointError(f"{path.name}: {what} is {size} bytes, more than the "
@@ -117,7 +117,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
     def corrupt(reason: str, subject: str | None = None) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{name}: {reason}", subject=subject or name)
 
-    with _open_regular(path, name) as f:
+    with open_regular(path, name) as f:
         size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) < 8:
@@ -245,7 +245,7 @@ class Checkpoint:
 
     def _file(self, name: str):
         if name not in self._files:
-            self._files[name] = _open_regular(self.directory / name, name)
+            self._files[name] = open_regular(self.directory / name, name)
         return self._files[name]
 
     def read_into(self, entry: TensorEntry, out: torch.Tensor, rows: tuple[int, int] | None = None
@@ -351,7 +351,7 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         if not path.exists():
             raise CorruptCheckpointError(f"{INDEX_FILE} names {file_name}, which is not a "
                                          f"file in {directory}", subject=file_name)
-        _open_regular(path, file_name).close()  # a FIFO or a directory: refused by its type
+        open_regular(path, file_name).close()  # a FIFO or a directory: refused by its type
     entries: dict[str, TensorEntry] = {}
     for file_name in files:
         for key, entry in read_header(directory / file_name).items():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -97,6 +99,28 @@ def _patch_judge(load, checkpoint):
                                                       result.state.items()}})
 
 
+def _hang(load, checkpoint):
+    while True:
+        time.sleep(0.05)  # never returns (releasing the GIL, as a stuck read would)
+
+
+# a command line no other process has, so a test can count what is left of them
+GRANDCHILD = ["sleep", "86399.5"]
+
+
+def _spawn(load, checkpoint):
+    """Starts a helper process per call and never waits for it."""
+    subprocess.Popen(GRANDCHILD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return load()
+
+
+def _allocate(load, checkpoint):
+    """Allocates 2 GiB per call (and touches it)."""
+    block = bytearray(2 * 2**30)
+    block[::4096] = b"x" * len(block[::4096])
+    return load()
+
+
 segfaults = _Misbehaving("segfaults", _segfault)
 keyboard_interrupt = _Misbehaving("keyboard_interrupt", _raise(KeyboardInterrupt))
 system_exit = _Misbehaving("system_exit", _raise(SystemExit))
@@ -109,3 +133,6 @@ truncates_checkpoint = _Misbehaving("truncates_checkpoint", _truncate)
 changes_cwd = _Misbehaving("changes_cwd", _chdir)
 sets_default_dtype = _Misbehaving("sets_default_dtype", _default_dtype)
 patches_judge = _Misbehaving("patches_judge", _patch_judge)
+hangs = _Misbehaving("hangs", _hang)
+spawns_children = _Misbehaving("spawns_children", _spawn)
+allocates = _Misbehaving("allocates", _allocate)

@@ -1,0 +1,93 @@
+"""--isolate that holds: capabilities that need the live model are withheld up front (their
+properties skip, saying why) instead of failing; a call's leftover processes are killed;
+a per-call memory limit turns a memory hog into a crash naming the limit; the parent never
+reads a FIFO its child left; and a hanging candidate costs each test one timeout, so a run
+ends in bounded time. The candidates are in tests/misbehaving.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conformance.survival import CandidateCrashed, _read_result, _read_small
+from reports.records import read_runs
+from tests.misbehaving import GRANDCHILD
+from tests.mutation import run_suite
+
+TWO_FILES = ("conformance/test_tying.py", "conformance/test_sharding.py")
+
+
+def test_isolated_reference_withholds_what_needs_the_live_model(tmp_path):
+    run = run_suite("reference", "conformance/test_bytes.py", "conformance/test_reload.py",
+                    "conformance/test_tying.py", "--isolate", "-rs", records=tmp_path)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "--isolate: bytes of loader 'reference' not offered" in run.output
+    assert "--isolate: reload of loader 'reference' not offered" in run.output
+
+
+def _grandchildren() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "^" + " ".join(GRANDCHILD) + "$"],
+                           capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+@pytest.fixture
+def no_grandchildren_left():
+    before = set(_grandchildren())
+    yield before
+    for pid in set(_grandchildren()) - before:  # the in-process run leaves them, by design
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_processes_a_call_leaves_are_killed_isolated_and_reported_in_process(
+        tmp_path, no_grandchildren_left):
+    isolated = run_suite("tests.misbehaving:spawns_children", *TWO_FILES, "--isolate",
+                         records=tmp_path / "isolated")
+    assert isolated.returncode == 0, isolated.output[-3000:]
+    assert set(_grandchildren()) <= no_grandchildren_left
+    in_process = run_suite("tests.misbehaving:spawns_children", *TWO_FILES,
+                           records=tmp_path / "in-process")
+    assert in_process.returncode == 1
+    (result,) = read_runs([tmp_path / "in-process"])
+    kinds = {d["kind"] for r in result.divergences for d in r["divergences"]}
+    assert kinds == {"process"}, kinds
+
+
+def test_a_call_over_the_memory_limit_is_a_crash_naming_the_limit(tmp_path):
+    run = run_suite("tests.misbehaving:allocates", "conformance/test_tying.py", "--isolate",
+                    "--isolate-memory=512", records=tmp_path)
+    (result,) = read_runs([tmp_path])
+    (record,) = result.divergences
+    assert record["severity"] == "crash", run.output[-3000:]
+    assert "--isolate-memory limit of 512 MiB" in record["divergences"][0]["message"]
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_hanging_candidate_costs_each_test_one_timeout(tmp_path, isolate):
+    run = run_suite("tests.misbehaving:hangs", *TWO_FILES, "--candidate-timeout=1",
+                    *(["--isolate"] if isolate else []), records=tmp_path)
+    (result,) = read_runs([tmp_path])
+    assert result.complete and len(result.collected) == 3
+    assert {d["test"] for d in result.divergences} == set(result.collected)
+    for record in result.divergences:
+        assert record["severity"] == "hang"
+        message = record["divergences"][0]["message"]
+        assert "within 1 s, the --candidate-timeout in force" in message
+        assert "remaining examples are skipped" in message
+    assert run.output.count("hung in this test (no answer within 1 s") == 3, run.output[-3000:]
+
+
+def test_the_parent_never_reads_a_fifo_its_child_left(tmp_path):
+    os.mkfifo(tmp_path / "result.json")
+    with pytest.raises(Exception, match="is a FIFO"):
+        _read_small(tmp_path / "result.json")
+    (tmp_path / "result.json").unlink()
+    (tmp_path / "result.json").write_text('{"loaded": [], "missing": [], "unexpected": [], '
+                                          '"ignored": [], "aliases": {}, "placement": {}}')
+    os.mkfifo(tmp_path / "state.safetensors")
+    with pytest.raises(Exception, match="is a FIFO"):
+        _read_result(tmp_path)
+    assert issubclass(CandidateCrashed, Exception)
