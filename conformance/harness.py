@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import layout_keys
 from reference.tp import rank_slice
 from .baseline import divergence_key, short_test, signature
-from .repro import CASE_FILE
+from .repro import CASE_FILE, save_checkpoint
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
 from .fp8_compare import refine_fp8
@@ -309,8 +308,9 @@ def fail_on(divergences: list[Divergence], prop: str, case,
         if directory is not None and directory.exists():
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", short_test(nodeid))[:80]
             target = run.records.repro_directory / slug
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(directory, target)
+            left_out = save_checkpoint(directory, target)
+            if left_out:
+                record["repro_not_copied"] = left_out
             (target / CASE_FILE).write_text(json.dumps({
                 "property": prop, "loader": run.loader_name, "spec": case.plan.spec.to_dict(),
                 "options": vars(case.options)}, indent=1))

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import stat
 import sys
 from pathlib import Path
 
 CASE_FILE = "loadcheck-case.json"
+NOT_COPIED_FILE = "loadcheck-not-copied.txt"
+# A repro is the case's checkpoint (kilobytes); a hostile one may hold a sparse 200 MB file.
+REPRO_COPY_LIMIT = 64 * 2**20
 NOT_REPLAYED = 3
 # Properties whose failing example is one load of the saved checkpoint compared with the
 # reference's (the properties that fail through harness.check_case, and the hostile ones).
@@ -24,6 +30,36 @@ REPLAYED = frozenset({
     "P8 meta init", "P8 meta submodule", "P11 sharded index", "P11 hostile checkpoint",
     "P11 corrupted bytes", "P3 FP8 scale slots", "P3 FP8 fused/split", "P4 online FP8",
     "P12 non-finite"})
+
+
+def save_checkpoint(source: Path, target: Path, limit: int = REPRO_COPY_LIMIT) -> list[str]:
+    """Copy a case's checkpoint for replay without following anything out of it: a symlink
+    is copied as the link it is (its target is not read), a FIFO, device or socket is not
+    copied (reading one may never end), and regular files stop at `limit` bytes in all.
+    Returns what was left out, also written to NOT_COPIED_FILE in the copy."""
+    shutil.rmtree(target, ignore_errors=True)
+    left_out, copied = [], 0
+    for root, dirs, files in os.walk(source):  # does not descend into linked directories
+        here = Path(root)
+        (target / here.relative_to(source)).mkdir(parents=True, exist_ok=True)
+        for name in sorted(dirs + files):
+            path, relative = here / name, (here / name).relative_to(source)
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(path), target / relative)
+            elif stat.S_ISDIR(mode):
+                continue  # os.walk creates it
+            elif not stat.S_ISREG(mode):
+                left_out.append(f"{relative}: not a regular file (mode {stat.filemode(mode)})")
+            elif copied + path.lstat().st_size > limit:
+                left_out.append(f"{relative}: {path.lstat().st_size} bytes, past the "
+                                f"{limit}-byte limit of a repro copy")
+            else:
+                shutil.copyfile(path, target / relative, follow_symlinks=False)
+                copied += path.lstat().st_size
+    if left_out:
+        (target / NOT_COPIED_FILE).write_text("\n".join(left_out) + "\n")
+    return left_out
 
 
 def main(argv: list[str] | None = None) -> int:

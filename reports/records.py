@@ -97,11 +97,27 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
             if number == len(lines):
                 continue
             raise ValueError(f"{path}:{number}: not a JSON record") from None
+        if "\\ud" in line.lower():  # an escaped surrogate: a lone one cannot be written out
+            record = _without_lone_surrogates(record)
         if not isinstance(record, dict) or record.get("schema") not in SUPPORTED_SCHEMAS:
             schema = record.get("schema") if isinstance(record, dict) else None
             raise ValueError(f"{path}:{number}: record schema {schema!r} is "
                              f"not one of {sorted(SUPPORTED_SCHEMAS)}")
         yield record
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """A record whose strings hold a lone surrogate (a candidate's tensor name, say), with
+    each one written as its escape (\\udc80): valid JSON, but no UTF-8 file, HTML page or
+    terminal can hold the character itself."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v)
+                for k, v in value.items()}
+    return value
 
 
 def read_records(paths: Iterable[str | Path]) -> Records:
