@@ -64,6 +64,8 @@ def record_unjudged(report: pytest.TestReport) -> None:
     """A failed test that wrote no divergence record: the failure is recorded as it is."""
     from conformance.session import current
     run = current()
+    if getattr(report, "node", None) is not None:
+        return  # xdist's controller, relaying a worker's report: the worker judged it
     if not report.failed or report.when == "???" or (
             report.nodeid in run.first_failure and report.when == "call"):
         return

@@ -114,6 +114,20 @@ class JudgeSnapshot:
         return changed
 
 
+class _Unclosable:
+    """sys.stdout / sys.stderr during a candidate call: closing it is noted, not done (a
+    closed capture stream would fail every later test of the process)."""
+
+    def __init__(self, stream):
+        self._stream, self.closed_by_candidate = stream, False
+
+    def close(self) -> None:
+        self.closed_by_candidate = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _children() -> set[int]:
     """This process's child processes (Linux: /proc/self/task/*/children); empty elsewhere."""
     out: set[int] = set()
@@ -139,10 +153,19 @@ def guarded_call(judge: JudgeSnapshot | None, in_process: bool = True
     children = _children() if in_process else set()
     cwd, dtype, device = os.getcwd(), torch.get_default_dtype(), _default_device()
     torch_rng, python_rng = torch.get_rng_state(), random.getstate()
+    streams = {"stdout": sys.stdout, "stderr": sys.stderr}
+    guards = {name: _Unclosable(stream) for name, stream in streams.items()}
+    sys.stdout, sys.stderr = guards["stdout"], guards["stderr"]
     found: list[Divergence] = []
     try:
         yield found
     finally:
+        sys.stdout, sys.stderr = streams["stdout"], streams["stderr"]
+        for name, guard in guards.items():
+            if guard.closed_by_candidate:
+                found.append(Divergence("global_state", f"sys.{name}", f"the candidate "
+                                        f"closed sys.{name} (not done: later output and "
+                                        f"tests need it)", {"found": "closed"}))
         try:
             now = os.getcwd()
         except OSError:  # the candidate removed the directory it moved into

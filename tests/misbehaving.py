@@ -121,6 +121,12 @@ def _allocate(load, checkpoint):
     return load()
 
 
+def _close_stdout(load, checkpoint):
+    import sys
+    sys.stdout.close()
+    return load()
+
+
 segfaults = _Misbehaving("segfaults", _segfault)
 keyboard_interrupt = _Misbehaving("keyboard_interrupt", _raise(KeyboardInterrupt))
 system_exit = _Misbehaving("system_exit", _raise(SystemExit))
@@ -136,3 +142,4 @@ patches_judge = _Misbehaving("patches_judge", _patch_judge)
 hangs = _Misbehaving("hangs", _hang)
 spawns_children = _Misbehaving("spawns_children", _spawn)
 allocates = _Misbehaving("allocates", _allocate)
+closes_stdout = _Misbehaving("closes_stdout", _close_stdout)

@@ -22,6 +22,7 @@ from tests.mutation import run_suite
     ("changes_cwd", "global_state", "divergence", "changed the working directory"),
     ("sets_default_dtype", "global_state", "divergence", "default dtype at torch.float64"),
     ("patches_judge", "judge", "critical", "rebound conformance.compare.compare_tensor"),
+    ("closes_stdout", "global_state", "divergence", "closed sys.stdout"),
 ])
 def test_a_candidate_that_changes_what_judges_it_is_reported(tmp_path, kind,
                                                              kind_of_divergence, severity, says):
@@ -35,7 +36,7 @@ def test_a_candidate_that_changes_what_judges_it_is_reported(tmp_path, kind,
     assert found and found[0]["severity"] == severity and says in found[0]["message"], \
         json.dumps(items[:3], indent=1)[:3000]
     if kind in ("writes_checkpoint", "truncates_checkpoint", "changes_cwd",
-                "sets_default_dtype"):
+                "sets_default_dtype", "closes_stdout"):
         # the candidate's own result is right: the expected result did not follow its write
         assert {d["kind"] for d in items} == {kind_of_divergence}, {d["kind"] for d in items}
 
