@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from hypothesis import strategies as st
 
-from reference.checkpoint import write_safetensors
 from reference.contract import INDEX_FILE, SINGLE_FILE, ExtraParam, ModelSpec
 from .checkpoints import CheckpointPlan
 from .hostile import BASE_SPEC, HostileCase, _index, _rewrite_header, _valid, _write_index

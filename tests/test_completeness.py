@@ -107,8 +107,8 @@ def test_a_result_that_breaks_the_contract_is_recorded(tmp_path, kind, says):
     assert says in json.dumps(result.divergences)
 
 
-@pytest.mark.parametrize("loader, crashes", [("tests.misbehaving:returns_none", 1),
-                                             ("tests.mutants.p10_tied_head_overwrites_embedding", 0)])
+@pytest.mark.parametrize("loader, crashes", [
+    ("tests.misbehaving:returns_none", 1), ("tests.mutants.p10_tied_head_overwrites_embedding", 0)])
 def test_under_xdist_a_failure_is_judged_once_by_the_worker_that_ran_it(tmp_path, loader,
                                                                          crashes):
     run_suite(loader, "conformance/test_tying.py", "-n", "2", records=tmp_path)
