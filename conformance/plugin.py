@@ -284,13 +284,37 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     run.records.write({"type": "end", "exitstatus": int(session.exitstatus),
                        "tests": len(run.outcomes)})
+    session.config._loadcheck_failures = failure_lines(run.records.read_own())
     path = session.config.getoption("--html-report")
     if path:
         from reports.html import build_report
         session.config._loadcheck_report = build_report([run.records.directory], path)
 
 
+def failure_lines(records) -> list[str]:
+    """One line per failing test of this run, worst first: severity, test, property and
+    the root cause's headline (pytest's own short summary cuts its line at the terminal's
+    width; this one is whole)."""
+    from reports.identity import short_test
+    from reports.schema import severity_rank
+    final: dict[str, dict] = {}
+    for record in records:
+        if record.get("type") == "divergence" and record.get("stage") in ("first", "final"):
+            if record["stage"] == "final" or record["test"] not in final:
+                final[record["test"]] = record
+    ordered = sorted(final.values(), key=lambda r: (severity_rank(r.get("severity")),
+                                                    r.get("test", "")))
+    return [f"[{r.get('severity')}] {short_test(r['test'])}: {r.get('property')}: "
+            f"{r.get('headline') or ''}" for r in ordered]
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    failures = getattr(config, "_loadcheck_failures", [])
+    if failures:
+        terminalreporter.section(f"loadcheck: {len(failures)} failing test"
+                                 f"{'s' if len(failures) > 1 else ''}, root cause first")
+        for line in failures:
+            terminalreporter.write_line(line)
     for line in getattr(config, "_loadcheck_verdict", []):
         terminalreporter.write_line(line)
     out = getattr(config, "_loadcheck_report", None)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 __all__ = ["SUPPORTED_SCHEMAS", "RUN_IDENTITY", "Records", "Run", "read_records", "read_runs", "final_divergences"]
 
-SUPPORTED_SCHEMAS = {1}
+from .schema import SUPPORTED_SCHEMAS, SchemaError, read_line
 
 # The run-line fields that say which run it is; `time` differs between the xdist controller
 # and its workers, so it is not one of them.
@@ -87,11 +87,10 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
             if number == len(lines):
                 continue
             raise ValueError(f"{path}:{number}: not a JSON record") from None
-        if not isinstance(record, dict) or record.get("schema") not in SUPPORTED_SCHEMAS:
-            schema = record.get("schema") if isinstance(record, dict) else None
-            raise ValueError(f"{path}:{number}: record schema {schema!r} is "
-                             f"not one of {sorted(SUPPORTED_SCHEMAS)}")
-        yield record
+        try:
+            yield read_line(record, f"{path}:{number}")
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def read_records(paths: Iterable[str | Path]) -> Records:

@@ -67,6 +67,7 @@ FINDINGS = {
     "accepted": "loaded a checkpoint the reference refuses",
     "refused": "raised where the reference loads",
     "error_family": "raised another error family",
+    "exception": "raised an exception outside the error families (unhandled: a crash)",
     "unpickled": "unpickled a checkpoint file",
     "crash": "the process died",
     "hang": "no answer in time",

@@ -8,22 +8,16 @@ from collections import Counter
 from typing import Any
 
 from .records import Run
+from .schema import SEVERITIES as SEVERITY_ORDER, severity_rank
 
 __all__ = ["SEVERITY_ORDER", "severity_rank", "headline", "run_line", "text_summary",
            "markdown_summary"]
 
-# Worst first (conformance.compare.SEVERITIES); an unknown severity sorts last.
-SEVERITY_ORDER = ("critical", "crash", "hang", "divergence")
-
-
-def severity_rank(severity: Any) -> int:
-    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
-
 
 def headline(record: dict[str, Any]) -> str:
-    items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
-    return str(items[0].get("message") or "").splitlines()[0] if items and items[0].get(
-        "message") else ""
+    """The record's root cause, in one line (reports.schema.read_line fills it in for
+    records written before the suite wrote one)."""
+    return str(record.get("headline") or "")
 
 
 def outcome_counts(run: Run) -> Counter:
