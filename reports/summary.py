@@ -76,15 +76,19 @@ def _ordered(run: Run) -> list[dict[str, Any]]:
 def text_summary(runs: list[Run]) -> str:
     lines = [f"{sum(len(r.divergences) for r in runs)} new divergence(s) in {len(runs)} run(s)"]
     lines += ["  " + run_line(r) for r in runs]
+    # every run's divergences together, worst first (critical before crash, hang, the rest)
+    everything = sorted((d for run in runs for d in run.divergences),
+                        key=lambda d: (severity_rank(d.get("severity")), str(d.get("property")),
+                                       str(d.get("test"))))
+    for d in everything:
+        lines += ["", f"[{d.get('severity', 'divergence')}] [{d.get('property')}] "
+                      f"{d.get('test')} ({d.get('loader')}): {headline(d)}",
+                  f"  case: {d.get('case')}", f"  re-run: {d.get('rerun')}"]
+        if d.get("repro_checkpoint"):
+            lines.append(f"  checkpoint: {d['repro_checkpoint']}")
+        if d.get("repro_command"):
+            lines.append(f"  replay: {d['repro_command']}")
     for run in runs:
-        for d in _ordered(run):
-            lines += ["", f"[{d.get('severity', 'divergence')}] [{d.get('property')}] "
-                          f"{d.get('test')} ({d.get('loader')}): {headline(d)}",
-                      f"  case: {d.get('case')}", f"  re-run: {d.get('rerun')}"]
-            if d.get("repro_checkpoint"):
-                lines.append(f"  checkpoint: {d['repro_checkpoint']}")
-            if d.get("repro_command"):
-                lines.append(f"  replay: {d['repro_command']}")
         for entry_id in _entries(run, "fixed"):
             summary = ((run.verdict or {}).get("summaries") or {}).get(entry_id, "")
             lines += ["", f"[fixed] baseline entry {entry_id} no longer reproduces"

@@ -133,3 +133,20 @@ def test_schema_1_lines_are_read_and_bad_lines_refused(tmp_path):
     path.write_text(json.dumps({"schema": 9, "type": "run"}) + "\n")
     with pytest.raises(ValueError, match=r"records-x-main\.jsonl:1: record schema 9"):
         read_records([path])
+
+
+def test_the_text_summary_lists_the_worst_first_across_runs(tmp_path):
+    from reports.records import read_runs
+    from reports.summary import text_summary
+    for loader, severity in (("a", "divergence"), ("b", "critical"), ("c", "hang")):
+        lines = [{"schema": 2, "type": "run", "run_id": loader, "loader": loader},
+                 {"schema": 2, "type": "divergence", "run_id": loader, "test": f"t_{loader}",
+                  "property": "P2 coverage", "loader": loader, "stage": "final",
+                  "severity": severity, "headline": f"{loader} headline",
+                  "divergences": [{"kind": "error", "subject": "load", "severity": severity}]}]
+        (tmp_path / loader).mkdir()
+        (tmp_path / loader / f"records-{loader}-main.jsonl").write_text(
+            "\n".join(json.dumps(line) for line in lines) + "\n")
+    text = text_summary(read_runs([tmp_path / n for n in "abc"]))
+    order = [text.index(f"{n} headline") for n in "bca"]
+    assert order == sorted(order), text
