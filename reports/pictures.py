@@ -67,10 +67,15 @@ def _panels(stack: list[Divergence]) -> list[dict[str, Any]]:
     cursor, next_index = 0, 0   # the fused rows and the slot index drawn so far
     for d in sorted(stack, key=lambda d: d.slot.index if d.slot else 0):
         rows = d.slot.rows if d.slot is not None and d.slot.rows else None
-        if rows and cursor is not None and rows[0] > cursor and d.slot.index > next_index:
+        if d.slot is not None and d.slot.index > next_index:
             last = d.slot.index - 1
-            panels.append({"divergence": None, "index": next_index, "start": cursor,
-                           "stop": rows[0], "rows": rows[0] - cursor, "sub": "equal",
+            known = rows and cursor is not None and rows[0] > cursor
+            # where the record does not say the slots' rows, the equal ones are drawn at a
+            # fixed height: their place in the order is known, their size is not
+            panels.append({"divergence": None, "index": next_index,
+                           "start": cursor if known else None,
+                           "stop": rows[0] if known else None,
+                           "rows": rows[0] - cursor if known else None, "sub": "equal",
                            "label": f"slot {next_index}" + (f"-{last}" if last > next_index
                                                              else "")})
         panels.append({"divergence": d, "index": d.slot.index if d.slot else 0,
@@ -85,7 +90,7 @@ def _panels(stack: list[Divergence]) -> list[dict[str, Any]]:
 def _height(panels: list[dict[str, Any]], first: Divergence) -> float:
     """The picture's height: the aspect of the tensor (rows against columns), kept between a
     strip and MAX_HEIGHT, so a square matrix looks square and an embedding looks tall."""
-    rows = sum(p["rows"] for p in panels)
+    rows = sum(p["rows"] or 0 for p in panels)
     cols = int(first.map.shape[1]) if first.map is not None and len(first.map.shape) > 1 else rows
     wanted = MAP_WIDTH * rows / max(1, cols)
     return max(MIN_PANEL * len(panels), min(MAX_HEIGHT, max(28.0, wanted)))
@@ -102,14 +107,14 @@ def map_picture(stack: Iterable[Divergence]) -> dict[str, Any] | None:
     has_cols = any(m.at for d in stack for m in d.map.col_marks)
     top = TOP_GUTTER if has_cols else 0
     height = _height(panels, first)
-    total = sum(p["rows"] for p in panels)
+    total = sum(p["rows"] or 0 for p in panels)
     spare = height - MIN_PANEL * len(panels)
     y = float(top)
     lines: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
     views: list[dict[str, Any]] = []
     for number, panel in enumerate(panels):
-        h = MIN_PANEL + spare * panel["rows"] / total
+        h = MIN_PANEL + (spare * panel["rows"] / total if panel["rows"] else 0)
         d = panel["divergence"]
         view = {"x": 0, "y": round(y, 2), "w": MAP_WIDTH, "h": round(h, 2),
                 "slot": panel["index"], "equal": d is None, "mismatch": [], "poison": [],
