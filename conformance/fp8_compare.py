@@ -79,10 +79,17 @@ def fp8_divergences(expected: Mapping[str, torch.Tensor], found: Mapping[str, to
     scale_exp, scale_got = _scale_text(want_s), _scale_text(got_s)
     error = _dequantized_error(expected, found, weight)
     error_text = f"; dequantized weight off by up to {error:.4g}" if error is not None else ""
-    if codes is not None and codes.finding in ("unwritten", "dtype", "shape", "missing", "meta"):
+    if scale is not None and scale.finding == "unwritten":
+        # before the codes: codes requantized with a poisoned scale are NaN as well
+        finding = "unwritten"
+        headline = (f"{named}: scale never written: found the poison pattern, expected "
+                    f"{scale_exp}")
+    elif codes is not None and codes.finding in ("unwritten", "dtype", "shape", "missing", "meta"):
         finding, headline = codes.finding, f"{named}: codes {codes.headline.split(': ', 1)[-1]}"
+    elif scale is not None and scale.finding in ("dtype", "shape", "missing", "meta"):
+        finding, headline = "scale", f"{named}: scale {scale.headline.split(': ', 1)[-1]}"
     elif scale is not None:
-        finding = "unwritten" if scale.finding == "unwritten" else "scale"
+        finding = "scale"
         headline = f"{named}: scale differs: expected {scale_exp}, found {scale_got}{error_text}"
     elif codes is not None:
         finding = "codes"

@@ -77,7 +77,7 @@ class TensorDiff:
     def _float_diffs(self, want: torch.Tensor, got: torch.Tensor) -> None:
         diff = (got.double() - want.double()).abs()
         finite = diff[diff.isfinite()]
-        self.diffs.max_abs = float(finite.max()) if finite.numel() else float("nan")
+        self.diffs.max_abs = float(finite.max()) if finite.numel() else None
         if finite.numel():
             scale = want.double().abs()[diff.isfinite()].clamp_min(1e-30)
             self.diffs.max_rel = float((finite / scale).max())

@@ -46,6 +46,7 @@ KINDS = {
     "alias": "storage sharing (the tied head) differs",
     "placement": "a tensor lives on another device, or was never materialised",
     "bytes": "a reported byte count differs",
+    "logits": "the loaded model's forward output differs",
 }
 
 # The structural finding a divergence leads with: what is wrong, in the words a loader
@@ -75,6 +76,7 @@ FINDINGS = {
     "meta": "still on the meta device (never materialised)",
     "alias": "storage sharing differs",
     "bytes": "byte count differs",
+    "logits": "the forward output differs",
     "other": "differs",
 }
 
@@ -259,7 +261,7 @@ def _nested(kind: type, value: Any) -> Any:
 
 def _legacy_finding(d: Divergence) -> str:
     """The finding of a divergence written without one (schema 1), from its fields."""
-    if d.kind in ("crash", "hang", "dtype", "shape", "names", "alias", "bytes"):
+    if d.kind in ("crash", "hang", "dtype", "shape", "names", "alias", "bytes", "logits"):
         return d.kind
     if d.severity in ("crash", "hang"):
         return d.severity
