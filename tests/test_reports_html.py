@@ -280,6 +280,31 @@ def nightly_page(tmp_path_factory) -> Path:
     return build_report(dirs, root / "report.html")
 
 
+def test_severity_shows_in_matrix_cells_groups_and_filter(nightly_page):
+    html = nightly_page.read_text()
+    matrix = html[html.index('<section id="matrix">'):html.index('<section id="summary">')]
+    assert matrix.count('<span class="sv sv-crash">1 crash</span>') == 32  # every cell
+    assert matrix.count(' sev-critical"') == 32  # the cell marked with its worst
+    summary = html[html.index('<section id="summary">'):html.index('<section id="divergences">')]
+    assert '<span class="sv sv-crash">crash</span>' in summary
+    assert re.search(r'<span class="sv sv-critical">critical</span>', summary)
+    chips = re.findall(r'data-group="v" data-name="(\w+)"', html)
+    assert chips == ["critical", "crash", "divergence"]
+
+
+def test_fp8_cards_lead_with_scale_and_dequantized_error_and_bytes_have_units(tmp_path):
+    fp8_card, = report_context(read_runs([_write(tmp_path / "fp8", [_run_line({}),
+                                                                     fp8_record()])]))["cards"]
+    labels = [label for label, _, _ in fp8_card["root"]["stats"]]
+    assert labels[:3] == ["dequantized max abs diff", "scale", "codes differing"]
+    assert fp8_card["root"]["stats"][1][1] == "0.00223 → 0.00446"
+    records = odd_records()
+    context = report_context(read_runs([_write(tmp_path / "odd", [_run_line({}), *records])]))
+    (size,) = [c for c in context["cards"] if c["root"]["kind"] == "bytes"]
+    assert (size["root"]["expected"], size["root"]["found"]) == ("1.5 KiB (1,536 B)",
+                                                                 "3 KiB (3,072 B)")
+
+
 # Where things are: every rectangle as [left, top, right, bottom] in CSS pixels.
 GEOMETRY = """<script>
 window.addEventListener("load", function () { setTimeout(function () {
@@ -297,7 +322,7 @@ window.addEventListener("load", function () { setTimeout(function () {
     loaders: all("table.matrix th.ld").map(function (el) { return [el.scrollWidth, el.clientWidth]; }),
     fbar: r(document.getElementById("fbar")),
     names: all("code.subj").map(function (el) { return [el.textContent.length, lines(el), r(el)]; }),
-    wide: all("pre.msg, .rerun code, .card, h3.hl").map(r),
+    wide: all("pre.msg, .rerun code, .card, h3.hl").map(r), messages: all("pre.msg").length,
     cards: all("#cards > .card").map(function (el) { return [r(el), getComputedStyle(el).contentVisibility]; })};
   report(out);
 }, 100); });
@@ -314,7 +339,7 @@ def test_layout_at_420_px(nightly_page, tmp_path):
     width = seen["width"]
     assert width == 420, seen["width"]
     # nothing scrolls the page sideways: not a 600-character error line, not a long name
-    assert seen["scroll_width"] <= width, seen["scroll_width"]
+    assert seen["messages"] >= 1 and seen["scroll_width"] <= width, seen["scroll_width"]
     assert all(_inside(rect, width) for rect in seen["wide"])
     # every matrix status cell (2 loaders x 16 cells) is on screen, not cut off
     assert len(seen["status"]) == 32
