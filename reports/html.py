@@ -457,7 +457,9 @@ def report_context(runs: list[Run], title: str | None = None,
         "generated": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         "runs": run_views, "cards": cards, "loaders": loaders, "families": families,
         "cells": cells, "cell_names": [f"{cell_of[c][0]}/{cell_of[c][1]}" for c in cells],
-        "family_names": [family_ids[f] or f for f in families],
+        # a property by its id in the URL (P2), by its label where two labels share an id
+        "family_names": [family_ids[f] if family_ids[f] and list(family_ids.values()).count(
+            family_ids[f]) == 1 else f for f in families],
         "severity_names": [s for s in SEVERITIES if any(c["severity"] == s for c in cards)],
         "summary": summary, "loader_totals": loader_totals, "matrix": matrix,
         "family_counts": Counter(c["property"] for c in cards),

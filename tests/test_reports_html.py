@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,15 +21,10 @@ from reports.schema import SCHEMA_VERSION
 from tests.report_records import (divergence as _divergence, fp8_record, odd_records,
                                   qkv_record, run_line as _run_line, tp_record, write as _write)
 from tests.mutation import run_suite
+from tests.report_browser import chromium, needs_chromium, probe
 
 MUTANT = "tests.mutants.p2_gate_up_second_half_unwritten"
 SELECTION = "conformance/test_loading.py::test_load_matches_reference"
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="chromium not installed (./run tests installs it as root "
-                                  "where apt-get exists: apt-get install chromium)")
-
-
 @pytest.fixture(scope="module")
 def mutant_results(tmp_path_factory) -> Path:
     """Real records: the P2 mutant caught by the coverage property (pr profile)."""
@@ -157,14 +151,6 @@ def test_a_thousand_divergences_build_small_and_fast(tmp_path):
     assert size < 4_000_000
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=180)
-
-
 @needs_chromium
 def test_report_renders_in_headless_chromium(mutant_results, tmp_path):
     second = _write(tmp_path / "second", [_run_line({"loader": MUTANT, "device": "cuda"})]
@@ -172,14 +158,14 @@ def test_report_renders_in_headless_chromium(mutant_results, tmp_path):
     report = build_report([mutant_results, second], tmp_path / "report.html")
     url = report.resolve().as_uri()
     shot = tmp_path / "report.png"
-    proc = _chromium(f"--screenshot={shot}", "--window-size=1280,2000", url,
-                     profile=tmp_path / "profile-shot")
+    proc = chromium(f"--screenshot={shot}", "--window-size=1280,2000", url,
+                    profile=tmp_path / "profile-shot")
     assert shot.exists(), proc.stderr[-2000:]
     assert shot.stat().st_size > 20_000  # a blank 1280x2000 page compresses to a few KB
     if os.environ.get("LOADCHECK_SCREENSHOT"):  # to look: LOADCHECK_SCREENSHOT=/tmp/report.png
         shutil.copy(shot, os.environ["LOADCHECK_SCREENSHOT"])
-    proc = _chromium("--enable-logging=stderr", "--v=0", "--dump-dom", url,
-                     profile=tmp_path / "profile-dom")
+    proc = chromium("--enable-logging=stderr", "--v=0", "--dump-dom", url,
+                    profile=tmp_path / "profile-dom")
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     assert 'data-ready="1"' in dom, "the page's script did not run to its end"
@@ -217,47 +203,13 @@ def test_filters_and_copy_work_in_headless_chromium(mutant_results, tmp_path):
     synthetic = _write(tmp_path / "synthetic",
                        [_run_line({})] + [_divergence(i) for i in range(30)])
     html = build_report([mutant_results, synthetic], tmp_path / "report.html").read_text()
-    seen = _probe(tmp_path / "report.html", PROBE, tmp_path)
+    seen = probe(tmp_path / "report.html", PROBE, tmp_path)
     cards = len(_cards(html))
     assert seen["start"] == cards and seen["none"] == 0 and seen["all"] == cards
     assert seen["linked"] == seen["link"] == seen["counter"] >= 1
     # headless Chromium may refuse the clipboard: then the command is selected instead
     assert seen["copy"] == "copied" or seen["selection"] == seen["rerun"], seen
 
-
-
-def _probe(page: Path, script: str, tmp_path: Path, *, width: int = 1280, height: int = 900,
-           query: str = "", fragment: str = "") -> dict:
-    """Open `page` (with `query` and `fragment` in its URL) in headless Chromium in a
-    width x height frame, run `script` after the page's own, and return what the script
-    reported (`report(value)`) as JSON.
-
-    The page is framed because headless Chromium's window is at least 500 px wide; the
-    frame is exactly the width asked for (media queries and all)."""
-    stem = f"{page.stem}-probe-{width}-{abs(hash(query + fragment)) % 10**6}"
-    probed = page.with_name(stem + ".html")
-    probed.write_text(page.read_text().replace("</body>", REPORT_BACK + script + "</body>"))
-    frame = page.with_name(stem + "-frame.html")
-    frame.write_text(f'<!doctype html><body style="margin:0"><iframe src="{probed.name}'
-                     f'{query}{fragment}" style="border:0;width:{width}px;height:{height}px">'
-                     f'</iframe></body>')
-    proc = _chromium("--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-                     "--allow-file-access-from-files", f"--window-size={max(width, 800)},"
-                     f"{height + 100}", "--hide-scrollbars", "--dump-dom",
-                     frame.resolve().as_uri(), profile=tmp_path / f"profile-{stem}")
-    assert "Uncaught" not in proc.stderr, proc.stderr[-2000:]
-    found = re.search(r'data-probe="([^"]*)"', proc.stdout)
-    assert found, proc.stderr[-2000:]
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-
-
-# A probe's way back: onto the frame's parent, whose DOM --dump-dom prints.
-REPORT_BACK = """<script>
-function report(value) {
-  var host = window.parent !== window ? window.parent.document.body : document.body;
-  host.setAttribute("data-probe", JSON.stringify(value));
-}
-</script>"""
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +287,7 @@ def _inside(rect: list[float], width: float) -> bool:
 
 @needs_chromium
 def test_layout_at_420_px(nightly_page, tmp_path):
-    seen = _probe(nightly_page, GEOMETRY, tmp_path, width=420, height=900)
+    seen = probe(nightly_page, GEOMETRY, tmp_path, width=420, height=900)
     width = seen["width"]
     assert width == 420, seen["width"]
     # nothing scrolls the page sideways: not a 600-character error line, not a long name
@@ -354,7 +306,7 @@ def test_layout_at_420_px(nightly_page, tmp_path):
 
 @needs_chromium
 def test_layout_at_1920_px_with_16_cells(nightly_page, tmp_path):
-    seen = _probe(nightly_page, GEOMETRY, tmp_path, width=1920, height=1000)
+    seen = probe(nightly_page, GEOMETRY, tmp_path, width=1920, height=1000)
     width = seen["width"]
     assert width == 1920 and seen["scroll_width"] <= width
     assert _inside(seen["matrix"], width), seen["matrix"]
@@ -392,7 +344,7 @@ def test_filter_state_lives_in_the_url(nightly_page, tmp_path):
                                                          for b in c["badges"]))
     assert wanted  # the fixture has such a card
     query = "?loader=transformers&cell=cuda/2.14.0%2Bcuda1&severity=crash"
-    seen = _probe(nightly_page, FILTER_STATE, tmp_path, query=query)
+    seen = probe(nightly_page, FILTER_STATE, tmp_path, query=query)
     assert sorted(seen["shown"]) == wanted and seen["counter"] == len(wanted)
     ticked = {t for t in seen["ticked"] if t[0] in "lcv"}
     assert ticked == {"l:transformers", "c:cuda/2.14.0+cuda1", "v:crash"}, ticked
@@ -419,7 +371,7 @@ def test_an_anchor_lands_on_its_card_opened_below_the_filter_bar(nightly_page, t
     cards = re.findall(r'<article class="card[^"]*" id="(d\d+)".*?\n<details( open)?>', html)
     closed = [card for card, is_open in cards if not is_open]
     assert closed, "the fixture has more cards than start open"
-    seen = _probe(nightly_page, LANDING, tmp_path, fragment="#" + closed[0], height=700)
+    seen = probe(nightly_page, LANDING, tmp_path, fragment="#" + closed[0], height=700)
     assert seen["open"] and seen["scrolled"] > 0
     # below the sticky filter bar, not under it, and not far below it
     assert seen["bar"] <= seen["top"] <= seen["bar"] + 16, seen
@@ -486,7 +438,7 @@ def _close(a: float, b: float) -> bool:
 def test_mismatch_maps_in_chromium(tmp_path):
     _write(tmp_path, [_run_line({}), qkv_record(), tp_record(), _divergence(3, items=1)])
     page = build_report([tmp_path], tmp_path / "report.html")
-    cards = {c["headline"].split(":")[0]: c for c in _probe(page, MAPS, tmp_path)}
+    cards = {c["headline"].split(":")[0]: c for c in probe(page, MAPS, tmp_path)}
     qkv = cards["model.layers.0.self_attn.k_proj.weight"]["map"]
     q, k, v = qkv["panels"]
     assert [p["slot"] for p in (q, k, v)] == ["0", "1", "2"] and q["equal"] and not q["poison"]
@@ -528,7 +480,7 @@ def test_a_full_page_screenshot_shows_every_card(tmp_path):
     _write(tmp_path, [_run_line({}), qkv_record(), tp_record(), fp8_record(), *odd_records()]
            + [_divergence(i) for i in range(14)])
     page = build_report([tmp_path], tmp_path / "report.html")
-    seen = _probe(page, GEOMETRY, tmp_path, width=1280)
+    seen = probe(page, GEOMETRY, tmp_path, width=1280)
     assert len(seen["cards"]) >= 14
     # nothing lets the browser skip painting a card it deems off screen (content-visibility:
     # auto left every card after the second blank in a full-page capture; the tall window
@@ -537,8 +489,8 @@ def test_a_full_page_screenshot_shows_every_card(tmp_path):
     height = seen["height"]
     assert height < 16_000  # one capture
     shot = tmp_path / "full.png"
-    proc = _chromium(f"--screenshot={shot}", f"--window-size=1280,{height}", "--hide-scrollbars",
-                     page.resolve().as_uri(), profile=tmp_path / "profile-shot")
+    proc = chromium(f"--screenshot={shot}", f"--window-size=1280,{height}", "--hide-scrollbars",
+                    page.resolve().as_uri(), profile=tmp_path / "profile-shot")
     assert shot.exists(), proc.stderr[-2000:]
     image = Image.open(shot).convert("L")
     assert image.size == (1280, height), image.size
