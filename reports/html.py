@@ -204,6 +204,7 @@ def _item_view(d: Divergence, stack: list[Divergence] | None = None) -> dict[str
         "where": [(label, part.text()) for label, part in
                   (("slot", d.slot), ("source", d.source), ("tp", d.tp)) if part is not None],
         "map": map_picture(stack or [d]),
+        "map_from": stack[0].headline if stack and d not in stack else "",
         "hist": histogram_picture(d.diffs.ulp_histogram if d.diffs else None),
         "lacking": [], "extra": [], "lacking_more": 0, "extra_more": 0,
     }
@@ -251,8 +252,15 @@ def _relocated(path: str, run: dict[str, Any]) -> str:
     return path
 
 
-def _fused_stack(root: Divergence, items: list[Divergence]) -> list[Divergence]:
-    """The divergences drawn in one picture with `root`: those of the same fused parameter."""
+def _picture_stack(root: Divergence, items: list[Divergence]) -> list[Divergence]:
+    """The divergences drawn in the root cause's picture: it and the other diverging slots
+    of its fused parameter. A structural finding without a map of its own (every TP rank
+    holds the same slice) is drawn from the same tensor's comparison, which has one."""
+    if root.map is None:
+        drawn = next((d for d in items if d.map is not None and d.subject == root.subject), None)
+        if drawn is None:
+            return [root]
+        root = drawn
     if root.slot is None:
         return [root]
     return [d for d in items if d is root or (d.slot is not None and d.slot.fused ==
@@ -298,7 +306,7 @@ def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats:
         "headline": str(record.get("headline") or (root.headline if root else "")),
         "finding": root.finding if root else "", "root_of": len(items),
         "finding_text": _finding_text(root.finding) if root else "",
-        "root": _item_view(root, _fused_stack(root, items)) if root else None,
+        "root": _item_view(root, _picture_stack(root, items)) if root else None,
         "diffs": [_item_view(d) for d in full], "rows": [_row_view(d) for d in rows],
         "others": len(others), "others_summary": _more_summary(others),
         "total_items": len(items),

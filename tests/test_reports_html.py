@@ -407,6 +407,22 @@ def test_a_fused_parameter_stacks_its_slots_in_order(tmp_path):
     assert (drawn["slot"], drawn["equal"]) == (1, False) and drawn["h"] > 4 * MIN_PANEL
 
 
+def test_a_finding_without_a_map_is_drawn_from_its_tensors_comparison(tmp_path):
+    """'every TP rank holds the same slice' has no map itself; the gathered tensor's
+    comparison has one, with the rank boundaries: the card's picture is that one."""
+    from reports.schema import Divergence
+    from tests.report_records import record
+    compared = Divergence.from_json(tp_record()["divergences"][0])
+    compared.finding = "values"
+    finding = Divergence("tensor", compared.subject, finding="same_slice",
+                         headline=compared.subject + ": every TP rank holds rank 0's slice",
+                         expected="each rank its own slice", found="rank 1: rank 0's")
+    _write(tmp_path, [_run_line({}), record([finding, compared])])
+    (card,) = report_context(read_runs([tmp_path]))["cards"]
+    assert card["finding"] == "same_slice" and card["root"]["map_from"] == compared.headline
+    assert [t["text"] for t in card["root"]["map"]["labels"]] == ["rank 1/2"]
+
+
 # The mismatch maps as drawn: each panel's box and the boxes of its shaded paths.
 MAPS = """<script>
 window.addEventListener("load", function () { setTimeout(function () {
