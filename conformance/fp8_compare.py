@@ -82,8 +82,8 @@ def fp8_divergences(expected: Mapping[str, torch.Tensor], found: Mapping[str, to
     if scale is not None and scale.finding == "unwritten":
         # before the codes: codes requantized with a poisoned scale are NaN as well
         finding = "unwritten"
-        headline = (f"{named}: scale never written: found the poison pattern, expected "
-                    f"{scale_exp}")
+        headline = (f"{named}: scale never written: it holds the poison pattern (or was "
+                    f"computed from a slot that does), expected {scale_exp}")
     elif codes is not None and codes.finding in ("unwritten", "dtype", "shape", "missing", "meta"):
         finding, headline = codes.finding, f"{named}: codes {codes.headline.split(': ', 1)[-1]}"
     elif scale is not None and scale.finding in ("dtype", "shape", "missing", "meta"):

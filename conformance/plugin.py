@@ -145,6 +145,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.addinivalue_line("markers", "requires(*capabilities): skip unless the loader "
                             "claims every capability")
+    if getattr(config.option, "tbstyle", None) == "auto":
+        # A failure's message says what diverged, where and how to replay it: pytest's
+        # default would print the whole property's source above it. --tb=long still does.
+        config.option.tbstyle = "short"
     # Load the profile here: Hypothesis' own plugin may configure after us, and the seed
     # below depends on whether the profile is derandomized.
     settings.load_profile(config.getoption("hypothesis_profile", None) or DEFAULT_PROFILE)

@@ -36,6 +36,7 @@ class _Hostile:
 
 def _check(case: LoadCase, directory: Path, prop: str, must_refuse: str | None = None
            ) -> None:
+    __tracebackhide__ = True  # the failure message says it all
     count_example()
     run = current()
     expected, found = load_both(case, directory, case.options, spec=case.plan.spec)

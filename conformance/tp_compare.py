@@ -41,7 +41,13 @@ def same_slice_divergences(spec: ModelSpec, found: Sequence[Mapping[str, torch.T
             (source,) = sources
             text = f"every TP rank holds the same slice (rank {source}'s of {tp_size})"
         else:
-            text = "; ".join(f"rank {r} holds rank {s}'s slice" for r, s in sorted(held.items()))
+            by_source: dict[int, list[int]] = {}
+            for rank, source in sorted(held.items()):
+                by_source.setdefault(source, []).append(rank)
+            text = "; ".join(
+                f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+                f"hold{'' if len(ranks) > 1 else 's'} rank {source}'s slice"
+                for source, ranks in sorted(by_source.items()))
         wrong = sorted(held)
         slot = fused_slot(name)
         headline = f"{name}: {text}"

@@ -349,6 +349,11 @@ class ModelSpec:
                                           e.get("layer")) for e in data.get("extras", ()))
         return cls(**data)
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """One line where a pretty printer (Hypothesis' failing-example report, IPython)
+        shows a spec; `repr` keeps every field."""
+        printer.text(f"ModelSpec<{self.summary()}>")
+
     def summary(self) -> str:
         """One readable line for failure messages and reports."""
         bits = [f"{self.family} L={self.num_layers} h={self.hidden_size} "
