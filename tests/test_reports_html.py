@@ -360,7 +360,9 @@ window.addEventListener("load", function () { setTimeout(function () {
   var card = document.getElementById(location.hash.slice(1));
   var bar = document.getElementById("fbar").getBoundingClientRect();
   report({top: card.getBoundingClientRect().top, bar: bar.bottom, scrolled: window.scrollY,
-          open: card.querySelector("details").open});
+          open: card.querySelector("details").open, hidden: card.hidden, search: location.search,
+          counter: Number(document.getElementById("shown").textContent),
+          cards: document.querySelectorAll("#cards > .card").length});
 }, 300); });
 </script>"""
 
@@ -375,6 +377,12 @@ def test_an_anchor_lands_on_its_card_opened_below_the_filter_bar(nightly_page, t
     assert seen["open"] and seen["scrolled"] > 0
     # below the sticky filter bar, not under it, and not far below it
     assert seen["bar"] <= seen["top"] <= seen["bar"] + 16, seen
+    # a link to a card the filter in the same URL hides: the filter gives way, and says so
+    assert f'class="card sev-divergence" id="{closed[0]}"' in html
+    seen = probe(nightly_page, LANDING, tmp_path, query="?severity=crash",
+                 fragment="#" + closed[0], height=700)
+    assert not seen["hidden"] and seen["open"] and seen["search"] == ""
+    assert seen["counter"] == seen["cards"]
 
 
 def test_a_fused_parameter_stacks_its_slots_in_order(tmp_path):
