@@ -310,9 +310,12 @@ def fail_on(divergences: list[Divergence], prop: str, case,
                 "property": prop, "loader": run.loader_name, "spec": case.plan.spec.to_dict(),
                 "options": vars(case.options)}, indent=1))
             record.repro_checkpoint = str(target)
-            record.repro_command = (f"python -m conformance.repro {shlex.quote(str(target))}"
-                                    f" --loader {shlex.quote(run.loader_name)}"
-                                    + _replay_options(divergences))
+            pythonpath = os.environ.get("PYTHONPATH")
+            record.repro_command = (
+                (f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else "")
+                + f"{shlex.quote(_from_here(Path(sys.executable)))} -m conformance.repro "
+                f"{shlex.quote(str(target))} --loader {shlex.quote(run.loader_name)}"
+                + _replay_options(divergences))
         run.records.write(record.to_json())
     raise failure_type(divergences[0].finding)(message)
 

@@ -269,10 +269,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    from conformance.session import current
+    from generators.specs import NOT_GENERATED
+    run = current()
+    if NOT_GENERATED:  # every process, for what it drew: the report adds them up
+        run.records.write({"type": "support", "not_generated": dict(NOT_GENERATED)})
     if not _controller(session.config):
         return
-    from conformance.session import current
-    run = current()
     if run.baseline_write:
         from conformance.baseline.write import extend_from_run
         session.config._loadcheck_verdict = [extend_from_run(run.baseline, run.records)]

@@ -45,6 +45,8 @@ class Run:
     known: list[dict[str, Any]] = field(default_factory=list)
     verdict: dict[str, Any] | None = None   # the baseline's account, when run with one
     end: dict[str, Any] | None = None       # the controller's last line: the run finished
+    # feature -> drawn specs it was left out of (outside the loader's model support)
+    not_generated: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool | None:
@@ -107,7 +109,7 @@ def read_records(paths: Iterable[str | Path]) -> Records:
                 records.known.append(record)
             elif kind == "baseline":
                 records.verdicts.append(record)
-            elif kind != "end":
+            elif kind not in ("end", "support"):
                 records.divergences.append(record)
     return records
 
@@ -147,6 +149,9 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
                 run.verdict = record
             elif kind == "end":
                 run.end = record
+            elif kind == "support":
+                for feature, count in (record.get("not_generated") or {}).items():
+                    run.not_generated[feature] = run.not_generated.get(feature, 0) + int(count)
             else:
                 run.divergences.append(record)
     for run in runs.values():

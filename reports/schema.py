@@ -80,7 +80,11 @@ FINDINGS = {
     "other": "differs",
 }
 
-RECORD_TYPES = ("run", "divergence", "known", "outcome", "baseline", "end")
+# run: a process's metadata line; divergence: a failing example; known: a divergence the
+# baseline knows; outcome: a test's result; baseline: the baseline's verdict; support: the
+# features a process left out of its drawn specs (outside the loader's model support), with
+# counts; end: the run finished.
+RECORD_TYPES = ("run", "divergence", "known", "outcome", "baseline", "support", "end")
 
 
 class SchemaError(ValueError):

@@ -60,6 +60,9 @@ def run_line(run: Run) -> str:
         known, fixed = _entries(run, "known"), _entries(run, "fixed")
         parts.append(f"known {len(known)}" + (f" ({', '.join(known)})" if known else ""))
         parts.append(f"fixed {len(fixed)}" + (f" ({', '.join(fixed)})" if fixed else ""))
+    if run.not_generated:
+        parts.append("not generated (outside the loader's model support): " + ", ".join(
+            f"{feature} x{count}" for feature, count in sorted(run.not_generated.items())))
     if run.complete is False:
         parts.append("the run did not finish (no end line): what it did not test is unknown")
     return "; ".join(parts)

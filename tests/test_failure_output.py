@@ -4,7 +4,11 @@ distinctly, and the README's "Reading a failure" example is what the suite print
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -45,9 +49,8 @@ def test_a_failure_leads_with_the_tensor_and_finding_in_one_screen(mutant, selec
     blocks = _failures(run.output)
     assert blocks, run.output[-3000:]
     for block in blocks:
-        # the exception's first line is the first `E` line pytest prints for it
-        first = next(line for line in block.splitlines() if line.startswith("E "))
         assert len(block.splitlines()) <= MAX_LINES_PER_FAILURE, block
+    # the exception's first line is the first `E` line pytest prints for it
     firsts = [next(line for line in b.splitlines() if line.startswith("E ")) for b in blocks]
     assert any(re.search(first_line, line) for line in firsts), firsts
     # and the section after the run names it whole (pytest's own -rf line is cut to the width)
@@ -105,3 +108,27 @@ def test_repro_directory_names_keep_their_start_and_stay_distinct():
     a, b = repro_slug(long + "a]"), repro_slug(long + "b]")
     assert a.startswith("test_hostile.py_test_named_hostile") and a != b and len(a) <= 80
     assert repro_slug("conformance/test_fp8.py::test_zero") == "test_fp8.py_test_zero"
+
+
+@pytest.mark.parametrize("mutant, selection, options, said", [
+    ("survival_aborts_on_bool_extra", "conformance/test_loading.py::test_dtype_rules",
+     ("--isolate",), r"\[crash\].*SIGABRT"),
+    ("survival_hangs_on_meta_submodule",
+     "conformance/test_meta.py::test_meta_submodule_materialised_after_load",
+     ("--candidate-timeout=2",), r"\[hang\]"),
+], ids=["crash", "hang"])
+def test_a_crash_or_hang_replays_contained(mutant, selection, options, said, tmp_path):
+    """Its re-run line and replay command carry --isolate and the timeout in force, and the
+    replay reports the crash or the hang (instead of dying with SIGABRT or waiting forever)."""
+    run = run_suite(f"tests.mutants.{mutant}", selection, *options, records=tmp_path)
+    assert run.returncode == 1, run.output[-3000:]
+    record = next(r for r in run.records if r.get("type") == "divergence"
+                  and re.search(said, " ".join(d["message"] for d in r["divergences"])))
+    assert "--isolate" in record["rerun"] and "--candidate-timeout=" in record["rerun"], record["rerun"]
+    command = [t for t in shlex.split(record["repro_command"]) if not t.startswith("PYTHONPATH=")]
+    assert command[command.index("--candidate-timeout") + 1] == ("2" if "hang" in said else "60")
+    replay = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert replay.returncode in (1, 3), replay.stdout + replay.stderr
+    assert re.search(said.replace(r"\[", "").replace(r"\]", "").split(".*")[0].lower(),
+                     replay.stdout.lower()), replay.stdout + replay.stderr
