@@ -9,7 +9,13 @@ merged (their metadata), a matrix loader x (device, torch version), a summary pr
 family x loader, and a card per divergence group: the same divergence (loader and signature)
 in several cells is one card with a badge per cell; divergences a baseline knows are cards of
 their own, marked known. With a previous night (`previous=`), every group is new, still
-failing since a date, or fixed."""
+failing since a date, or fixed.
+
+Everything a card shows comes from the records' typed fields (reports.schema): it leads with
+the root cause's headline, finding and picture (reports.pictures: the mismatch map, the
+maps of one fused parameter stacked, the ULP histogram), and groups the example's other
+divergences under it. Severity marks the matrix cells, the groups and a filter whose state
+the page keeps in its URL's query."""
 
 from __future__ import annotations
 
