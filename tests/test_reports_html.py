@@ -58,6 +58,13 @@ def test_mutant_card_names_tensor_and_shows_rerun(mutant_results, tmp_path):
     # the run's metadata is in the header
     run = read_records([mutant_results]).runs[0]
     assert run["torch"] in html and run["revision"][:10] in html
+    # its picture, from the suite's own record: gate (slot 0) equal, up (slot 1) all poison
+    (view,) = [c for c in report_context(read_runs([mutant_results]))["cards"]
+               if c["test"].endswith("test_load_matches_reference")]
+    gate, up = view["root"]["map"]["panels"]
+    assert (gate["slot"], gate["equal"], up["slot"], up["equal"]) == (0, True, 1, False)
+    _, _, cols, rows = (int(x) for x in up["grid"].split())
+    assert up["poison"] == [(4, "".join(f"M0 {r}h{cols}v1h-{cols}z" for r in range(rows)))]
 
 
 def test_two_runs_merge_into_one_matrix(mutant_results, tmp_path):
