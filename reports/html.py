@@ -118,6 +118,7 @@ def _run_view(index: int, run: Run, divergences: int, tests: int) -> dict[str, A
         "fixed": sorted((run.verdict or {}).get("fixed") or []),
         "baseline": str(meta.get("baseline") or ""),
         "written_at": str(meta.get("records") or ""),
+        "not_generated": sorted(run.not_generated.items()),
     }
 
 

@@ -531,3 +531,16 @@ def test_a_full_page_screenshot_shows_every_card(tmp_path):
                              int(rect[3]) - 4))
         ink = sum(inside.point(lambda v: 255 if v < 110 else 0).histogram()[255:])
         assert ink > 200, (rect, ink)
+
+
+def test_the_runs_table_says_what_a_partial_loader_was_not_tested_on(tmp_path):
+    """Features left out of drawn specs (outside the loader's model support), added up over
+    the run's processes, are listed with their counts beside the run's state."""
+    directory = _write(tmp_path / "partial", [
+        _run_line({"run_id": "p1"}),
+        {"schema": SCHEMA_VERSION, "type": "support", "run_id": "p1",
+         "not_generated": {"tied heads": 2, "attention biases": 5}},
+        {"schema": SCHEMA_VERSION, "type": "support", "run_id": "p1",
+         "not_generated": {"tied heads": 1}}])
+    html = build_report([directory], tmp_path / "report.html").read_text()
+    assert "not generated: attention biases &times;5, tied heads &times;3" in html
