@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 
 from reference.contract import LoadError, LoadResult
-from reference.dtypes import PLAIN_FLOATS, poison_mask
+from reference.names import FUSED_PROJECTIONS
+from reports.schema import SEVERITIES, Divergence, Mark, Slot, Source, TPSlice, worst
+from .tensor_diff import diff_tensors
 
-__all__ = ["Outcome", "Divergence", "SEVERITIES", "run_outcome", "compare_outcomes",
-           "compare_tensor", "compare_states"]
+__all__ = ["Outcome", "Divergence", "SEVERITIES", "Where", "run_outcome", "compare_outcomes",
+           "compare_tensor", "compare_states", "fused_slot", "worst"]
 
 
 @dataclass
@@ -60,118 +62,133 @@ def run_outcome(load: Callable[[], LoadResult]) -> Outcome:
         return Outcome(error=exc)
 
 
-# How bad a divergence is, worst first: a candidate that loads a checkpoint the reference
-# refuses as unsafe or corrupt; one whose process died or hung; any other difference.
-SEVERITIES = ("critical", "crash", "hang", "divergence")
 _REFUSALS = frozenset({"unsafe_checkpoint", "corrupt_checkpoint"})
 
 
 @dataclass
-class Divergence:
-    kind: str          # tensor | dtype | shape | absent | names | error | buffer | alias | placement
-    subject: str       # the tensor, key or name set it is about
-    message: str
-    detail: dict[str, Any] = field(default_factory=dict)
-    severity: str = "divergence"
+class Where:
+    """Where a canonical tensor comes from and sits: the checkpoint key (and rows, and
+    shard), the tensor-parallel slice, a free note ("gathered over 4 ranks"), and the
+    boundaries to draw on its mismatch map."""
+    source: Source | None = None
+    tp: TPSlice | None = None
+    note: str = ""
+    row_marks: list[Mark] = field(default_factory=list)
+    col_marks: list[Mark] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "; ".join(p for p in (self.note, self.source and self.source.text(),
+                                     self.tp and self.tp.text()) if p)
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """One integer per element holding its bit pattern, for exact NaN-aware comparison."""
-    flat = t.detach().to("cpu").contiguous().reshape(-1)
-    if t.dtype == torch.bool:
-        return flat.to(torch.uint8)
-    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    return flat.view(as_int)
+def _where(where: "str | Where") -> Where:
+    return where if isinstance(where, Where) else Where(note=where)
 
 
-def _fmt(t: torch.Tensor, index: int) -> str:
-    if t.dtype.itemsize == 1 and t.dtype not in PLAIN_FLOATS and not t.dtype.is_floating_point \
-            and t.dtype not in (torch.bool, torch.int8, torch.uint8):
-        # sub-byte dtypes (uint4, int2, ...): no kernels, so show the stored byte
-        return f"0x{t.reshape(-1).view(torch.uint8)[index].item():02x}"
-    value = t.reshape(-1)[index]
-    if t.dtype in PLAIN_FLOATS:
-        return f"{value.item():.6g}"
-    if t.dtype.is_floating_point:  # FP8: the code is what matters
-        code = value.reshape(1).view(torch.uint8).item()
-        return f"{value.float().item():.6g} (code 0x{code:02x})"
-    return str(value.item())
+def fused_slot(name: str) -> Slot | None:
+    """`model.layers.0.self_attn.k_proj.weight` -> slot 1 (k_proj) of
+    model.layers.0.self_attn.qkv_proj, where a fused-in-memory loader keeps it."""
+    for fused, parts in FUSED_PROJECTIONS.items():
+        for index, part in enumerate(parts):
+            marker = f".{part}."
+            if marker in name:
+                prefix = name[: name.index(marker)]
+                return Slot(index, part.split(".")[1], f"{prefix}.{fused}")
+    return None
+
+
+def _diverged(kind: str, name: str, finding: str, headline: str, lines: list[str],
+              where: Where, **fields) -> Divergence:
+    """A divergence about the canonical tensor `name`, its message the headline, then the
+    detail lines, then where it comes from."""
+    slot = fused_slot(name)
+    place = "; ".join(p for p in (slot and slot.text(), where.text()) if p)
+    message = "\n".join([headline] + [f"    {line}" for line in lines]
+                         + ([f"    {place}"] if place else []))
+    return Divergence(kind, name, message, finding=finding, headline=headline, tensor=name,
+                      slot=slot, source=where.source, tp=where.tp, **fields)
 
 
 def compare_tensor(name: str, expected: torch.Tensor, found: torch.Tensor,
-                   where: str = "", values: bool = True) -> Divergence | None:
+                   where: "str | Where" = "", values: bool = True) -> Divergence | None:
     """None when `found` equals `expected` bit for bit (with dtype and shape; only those
     two when `values` is false)."""
-    suffix = f"; {where}" if where else ""
+    where = _where(where)
     if found.dtype != expected.dtype:
-        return Divergence("dtype", name, f"{name}: dtype {found.dtype}, expected "
-                          f"{expected.dtype}{suffix}", {"expected": str(expected.dtype),
-                                                         "found": str(found.dtype)})
+        return _diverged("dtype", name, "dtype", f"{name}: dtype {found.dtype}, expected "
+                         f"{expected.dtype}", [], where, dtype=str(expected.dtype),
+                         expected=str(expected.dtype), found=str(found.dtype))
     if tuple(found.shape) != tuple(expected.shape):
-        return Divergence("shape", name, f"{name}: shape {list(found.shape)}, expected "
-                          f"{list(expected.shape)}{suffix}",
-                          {"expected": list(expected.shape), "found": list(found.shape)})
+        return _diverged("shape", name, "shape", f"{name}: shape {list(found.shape)}, "
+                         f"expected {list(expected.shape)}", [], where,
+                         dtype=str(expected.dtype), shape=list(expected.shape),
+                         expected=str(list(expected.shape)), found=str(list(found.shape)))
     if not values:
         return None
     if found.is_meta:
-        return Divergence("placement", name, f"{name}: still on the meta device (never "
-                          f"materialised){suffix}", {"found": "meta"})
-    exp_bits, got_bits = _bits(expected), _bits(found)
-    if torch.equal(exp_bits, got_bits):  # the common case, without a mask and its sum
+        return _diverged("placement", name, "meta", f"{name}: still on the meta device "
+                         f"(never materialised)", [], where, dtype=str(expected.dtype),
+                         shape=list(expected.shape), expected="materialised", found="meta")
+    diff = diff_tensors(expected, found)
+    if diff is None:
         return None
-    differs = exp_bits != got_bits
-    count = int(differs.sum())
-    if not count:
-        return None
-    found_cpu, expected_cpu = found.detach().cpu(), expected.detach().cpu()
-    first = int(differs.nonzero()[0])
-    index = list(torch.unravel_index(torch.tensor(first), expected.shape)) if expected.dim() else []
-    index = [int(i) for i in index]
-    detail: dict[str, Any] = {"mismatched": count, "numel": expected.numel(),
-                              "shape": list(expected.shape), "dtype": str(expected.dtype),
-                              "first_index": index, "expected_value": _fmt(expected_cpu, first),
-                              "found_value": _fmt(found_cpu, first)}
-    text = f"{name}: {count} of {expected.numel()} elements differ"
-    if expected.dim() >= 1:
-        rows = differs.reshape(expected.shape[0], -1).any(dim=1).nonzero().reshape(-1)
-        detail["rows"] = [int(rows[0]), int(rows[-1]) + 1]
-        text += f" (rows {detail['rows'][0]}:{detail['rows'][1]} of {expected.shape[0]})"
-    poisoned = int((poison_mask(found_cpu).reshape(-1) & differs).sum()) \
-        if found.dtype != torch.bool else 0
-    if poisoned:
-        detail["poisoned"] = poisoned
-        text += f", {poisoned} still hold the poison pattern (never written)"
-    if expected.dtype.is_floating_point:
-        diff = (found_cpu.double() - expected_cpu.double()).abs().reshape(-1)[differs]
-        scale = expected_cpu.double().abs().reshape(-1)[differs]
-        finite = diff[diff.isfinite()]
-        detail["max_abs_diff"] = float(finite.max()) if finite.numel() else float("nan")
-        rel = (finite / scale[diff.isfinite()].clamp_min(1e-30)) if finite.numel() else finite
-        detail["max_rel_diff"] = float(rel.max()) if rel.numel() else float("nan")
-        text += f"; max abs diff {detail['max_abs_diff']:.3g}"
-    text += (f"\n    first at {index}: expected {detail['expected_value']}, found "
-             f"{detail['found_value']} ({expected.dtype}){suffix}")
-    return Divergence("tensor", name, text, detail)
+    count, numel = diff.count, expected.numel()
+    rows = f" (rows {diff.rows[0]}:{diff.rows[1]} of {expected.shape[0]})" if diff.rows else ""
+    if diff.poisoned:
+        finding = "unwritten"
+        headline = (f"{name}: never written: {diff.poisoned} of {numel} elements still hold "
+                    f"the poison pattern{rows}")
+        if diff.poisoned < count:
+            headline += f"; {count - diff.poisoned} more differ"
+    elif diff.non_finite:
+        finding = "non_finite"
+        headline = (f"{name}: {diff.non_finite} of {numel} elements are NaN or inf where the "
+                    f"reference is finite{rows}")
+    elif diff.rounding:
+        finding = "rounding"
+        headline = f"{name}: rounding: {count} of {numel} elements are 1 ULP apart{rows}"
+    else:
+        finding = "values"
+        headline = f"{name}: {count} of {numel} elements differ{rows}"
+        if diff.diffs.max_abs is not None:
+            headline += f"; max abs diff {diff.diffs.max_abs:.3g}"
+        if diff.diffs.max_ulp is not None:
+            headline += f", {diff.diffs.max_ulp:,} ULP"
+    lines = [f"first at {diff.first_index}: expected {diff.expected_value}, found "
+             f"{diff.found_value} ({expected.dtype})"]
+    detail = {"expected_value": diff.expected_value, "found_value": diff.found_value}
+    return _diverged("tensor", name, finding, headline, lines, where, detail=detail,
+                     dtype=str(expected.dtype), shape=list(expected.shape),
+                     counts=diff.counts(), diffs=diff.diffs, rows=diff.rows,
+                     first_index=diff.first_index, expected=diff.expected_value,
+                     found=diff.found_value,
+                     map=diff.mismatch_map(where.row_marks, where.col_marks))
 
 
 def compare_states(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
                    skip_values: frozenset[str] = frozenset(),
-                   where: Callable[[str], str] = lambda name: "") -> list[Divergence]:
+                   where: Callable[[str], "str | Where"] = lambda name: "",
+                   kind: str = "tensor") -> list[Divergence]:
     """Every name of `expected` must be in `found` with equal bits (values of names in
-    `skip_values` are unspecified: only dtype and shape are checked); no extra names."""
+    `skip_values` are unspecified: only dtype and shape are checked); no extra names.
+    `kind` names what the values are ("buffer" for non-persistent buffers)."""
     out = []
     for name in expected:
         if name not in found:
-            out.append(Divergence("absent", name, f"{name}: absent from the "
-                                  f"candidate's result{('; ' + where(name)) if where(name) else ''}"))
+            out.append(_diverged("absent", name, "missing", f"{name}: absent from the "
+                                 f"candidate's result", [], _where(where(name)),
+                                 expected="present", found="absent"))
             continue
         div = compare_tensor(name, expected[name], found[name], where(name),
                              values=name not in skip_values)
         if div is not None:
+            if kind != "tensor" and div.kind == "tensor":
+                div.kind = kind
             out.append(div)
     for name in sorted(set(found) - set(expected)):
         out.append(Divergence("absent", name, f"{name}: in the candidate's result but not "
-                              f"a parameter of this model"))
+                              f"a parameter of this model", finding="extra", tensor=name,
+                              expected="absent", found="present"))
     return out
 
 
@@ -185,7 +202,9 @@ def _name_sets(expected: LoadResult, found: LoadResult, which: tuple[str, ...]
             parts = ([f"does not report {lacking}"] if lacking else []) + (
                 [f"wrongly reports {extra}"] if extra else [])
             out.append(Divergence("names", attr, f"{attr} names: candidate " + " and ".join(parts),
-                                  {"expected": sorted(exp), "found": sorted(got)}))
+                                  {"expected": sorted(exp), "found": sorted(got),
+                                   "lacking": lacking, "extra": extra}, finding="names",
+                                  expected=f"{len(exp)} names", found=f"{len(got)} names"))
     return out
 
 
@@ -207,24 +226,7 @@ def _compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str
         if isinstance(expected.error, LoadError) and isinstance(found.error, LoadError) \
                 and (any_refusal or found.error.family in expected.error.alternatives):
             return []
-        detail = {"expected": expected.describe(), "found": found.describe(),
-                  "expected_family": expected.family, "found_family": found.family}
-        subject = getattr(expected.error, "subject", None) or getattr(
-            found.error, "subject", None) or "load"
-        severity = "divergence"
-        if found.family in ("hang", "crash"):
-            severity = found.family
-        elif found.error is None and expected.family in _REFUSALS:
-            severity = "critical"
-        if found.error is None:
-            text = f"candidate loaded a checkpoint the reference refuses: {expected.describe()}"
-        elif expected.error is None:
-            text = f"candidate raised where the reference loads: {found.describe()}"
-        else:
-            text = (f"errors differ: reference raised {expected.describe()}; candidate "
-                    f"raised {found.describe()}")
-        return [Divergence("error", str(subject), f"[{severity}] {text}" if severity !=
-                           "divergence" else text, detail, severity)]
+        return [error_divergence(expected, found)]
     exp, got = expected.result, found.result
     out = _name_sets(exp, got, name_sets)
     out += compare_states(exp.state, got.state, skip_values=exp.missing, where=where)
@@ -234,10 +236,51 @@ def _compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str
     if dict(exp.aliases) != dict(got.aliases):
         out.append(Divergence("alias", "aliases", f"storage sharing: expected {dict(exp.aliases)}"
                               f" (tied head is the embedding), found {dict(got.aliases)}",
-                              {"expected": dict(exp.aliases), "found": dict(got.aliases)}))
+                              {"expected": dict(exp.aliases), "found": dict(got.aliases)},
+                              expected=str(dict(exp.aliases)), found=str(dict(got.aliases))))
     want = torch.device(device).type
     for name, place in sorted(got.placement.items()):
         if torch.device(place).type != want:
             out.append(Divergence("placement", name, f"{name}: storage on {place}, expected "
-                                  f"{device}", {"expected": device, "found": place}))
+                                  f"{device}", {"expected": device, "found": place},
+                                  tensor=name, expected=device, found=str(place)))
     return out
+
+
+def error_divergence(expected: Outcome, found: Outcome) -> Divergence:
+    """One side raised and the other did not, or the families differ. A candidate that
+    loads what the reference refuses as unsafe or corrupt is critical; a process that died
+    or hung is a crash or a hang; an exception outside the error families is a crash too
+    (the loader did not handle it)."""
+    subject = getattr(expected.error, "subject", None) or getattr(
+        found.error, "subject", None) or "load"
+    families = {"expected_family": expected.family, "found_family": found.family}
+    detail = {"expected": expected.describe(), "found": found.describe(), **families}
+    kind, severity = "error", "divergence"
+    if found.family in ("hang", "crash"):
+        kind = severity = found.family
+        finding = found.family
+        text = f"{found.describe()}"
+        if expected.error is not None:
+            text += f" (the reference raised {expected.describe()})"
+    elif found.error is None:
+        finding = "accepted"
+        severity = "critical" if expected.family in _REFUSALS else "divergence"
+        text = f"candidate loaded a checkpoint the reference refuses: {expected.describe()}"
+    elif found.family == "exception":
+        finding, severity = "exception", "crash"
+        text = (f"candidate raised {found.describe()}" + (
+            f"; the reference raised {expected.describe()}" if expected.error is not None
+            else " where the reference loads"))
+    elif expected.error is None:
+        finding = "refused"
+        text = f"candidate raised where the reference loads: {found.describe()}"
+    else:
+        finding = "error_family"
+        text = (f"errors differ: reference raised {expected.describe()}; candidate "
+                f"raised {found.describe()}")
+    message = f"[{severity}] {text}" if severity != "divergence" else text
+    return Divergence(kind, str(subject), message, detail, severity, finding=finding,
+                      headline=f"{subject}: {message.splitlines()[0]}"
+                      if subject != "load" else message.splitlines()[0],
+                      expected=expected.describe(), found=found.describe(), **families)

@@ -237,7 +237,7 @@ class Differential:
             "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
             "case": case, "spec": self.spec.to_dict(), "checkpoint": str(self.checkpoint),
             "options": options.summary(), "plan": "", "rerun": self.rerun_command(),
-            "examples_before_failure": 0, "divergences": [vars(d) for d in divergences]})
+            "examples_before_failure": 0, "divergences": [d.to_json() for d in divergences]})
 
     # ----- the whole run ----------------------------------------------------------------
     def run(self) -> int:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from reference.contract import ModelSpec
 from reference.dtypes import FP8_DTYPES, poison_mask
 from reference.fp8 import FP8, FP8_MAX, code_step, dequantize, input_scale_name, scale_name
-from reference.names import FUSED_PROJECTIONS
-from .compare import Divergence, compare_tensor
+from reports.schema import Diffs
+from .compare import Divergence, compare_tensor, fused_slot
 
 __all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences",
            "round_trip_divergences", "codes_within_one_step", "code_agreement", "fp8_matmul_tolerance",
@@ -27,14 +27,8 @@ __all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences"
 def slot_of(weight: str) -> str:
     """`model.layers.0.self_attn.k_proj.weight` -> 'slot 1 (k_proj) of
     model.layers.0.self_attn.qkv_proj'; a matrix outside any fused group -> ''."""
-    prefix, _, rest = weight.partition(".self_attn.") if ".self_attn." in weight else \
-        weight.partition(".mlp.")
-    module = weight.split(".")[-2]
-    for fused, parts in FUSED_PROJECTIONS.items():
-        names = [p.split(".")[1] for p in parts]
-        if module in names:
-            return f"slot {names.index(module)} ({module}) of {prefix}.{fused}"
-    return ""
+    slot = fused_slot(weight)
+    return slot.text() if slot else ""
 
 
 def _scale_text(t: torch.Tensor | None) -> str:
@@ -48,54 +42,95 @@ def _scale_text(t: torch.Tensor | None) -> str:
     return f"{t.numel()} per-row values in [{t.min().item():.4g}, {t.max().item():.4g}]"
 
 
+def _dequantized_error(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                       weight: str) -> float | None:
+    """The largest difference between the two dequantized weights, each with its own scale
+    (None when either side is not FP8 codes with a scale that fits them)."""
+    w_exp, w_got = expected.get(weight), found.get(weight)
+    s_exp, s_got = expected.get(scale_name(weight)), found.get(scale_name(weight))
+    if w_exp is None or w_got is None or s_exp is None or s_got is None \
+            or w_got.dtype not in FP8_DTYPES or w_got.shape != w_exp.shape:
+        return None
+    try:
+        diff = (dequantize(w_got.cpu(), s_got.cpu()) - dequantize(w_exp.cpu(), s_exp.cpu())).abs()
+    except RuntimeError:  # a scale whose shape does not broadcast: the shape says it
+        return None
+    return float(diff.nan_to_num(float("inf")).max()) if diff.numel() else 0.0
+
+
 def fp8_divergences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
                     weight: str) -> Divergence | None:
-    """One divergence for `weight`'s codes, scale and input scale, or None if all equal."""
+    """One divergence for `weight`'s codes, scale and input scale, or None if all equal.
+    It leads with the scale and the dequantized error, the figures that say how wrong the
+    matrix computes, before the raw code difference."""
     names = [weight, scale_name(weight), input_scale_name(weight)]
     problems = [d for n in names if n in expected
                 for d in [compare_tensor(n, expected[n], found[n]) if n in found else
-                          Divergence("absent", n, f"{n}: absent")] if d is not None]
+                          Divergence("absent", n, f"{n}: absent", finding="missing")]
+                if d is not None]
     if not problems:
         return None
-    slot = slot_of(weight)
+    slot = fused_slot(weight)
     matrix = weight[: -len(".weight")]
-    lines = [f"{matrix}{' (' + slot + ')' if slot else ''}: FP8 matrix differs"]
+    named = f"{matrix}{' (' + slot.text() + ')' if slot else ''}"
+    by_name = {d.subject: d for d in problems}
+    codes, scale, inputs = (by_name.get(n) for n in names)
     want_s, got_s = expected.get(scale_name(weight)), found.get(scale_name(weight))
-    detail: dict = {"matrix": matrix, "slot": slot, "expected_scale": _scale_text(want_s),
-                    "found_scale": _scale_text(got_s)}
-    scale_differs = want_s is not None and (
-        got_s is None or compare_tensor("s", want_s, got_s) is not None)
-    if scale_differs:
-        lines.append(f"    weight_scale: expected {detail['expected_scale']}, found "
-                     f"{detail['found_scale']}")
+    scale_exp, scale_got = _scale_text(want_s), _scale_text(got_s)
+    error = _dequantized_error(expected, found, weight)
+    error_text = f"; dequantized weight off by up to {error:.4g}" if error is not None else ""
+    if scale is not None and scale.finding == "unwritten":
+        # before the codes: codes requantized with a poisoned scale are NaN as well
+        finding = "unwritten"
+        headline = (f"{named}: scale never written: it holds the poison pattern (or was "
+                    f"computed from a slot that does), expected {scale_exp}")
+    elif codes is not None and codes.finding in ("unwritten", "dtype", "shape", "missing", "meta"):
+        finding, headline = codes.finding, f"{named}: codes {codes.headline.split(': ', 1)[-1]}"
+    elif scale is not None and scale.finding in ("dtype", "shape", "missing", "meta"):
+        finding, headline = "scale", f"{named}: scale {scale.headline.split(': ', 1)[-1]}"
+    elif scale is not None:
+        finding = "scale"
+        headline = f"{named}: scale differs: expected {scale_exp}, found {scale_got}{error_text}"
+    elif codes is not None:
+        finding = "codes"
+        headline = (f"{named}: {codes.counts.mismatched if codes.counts else '?'} FP8 codes "
+                    f"differ under an equal scale ({scale_exp}){error_text}")
     else:
-        lines.append(f"    weight_scale: {detail['expected_scale']} on both sides")
-    codes = next((d for d in problems if d.subject == weight), None)
+        finding = inputs.finding if inputs.finding in ("unwritten", "missing") else "input_scale"
+        headline = f"{named}: input_scale {inputs.headline.split(': ', 1)[-1]}"
+    lines = [headline, f"    weight_scale: expected {scale_exp}, found {scale_got}"
+             if scale is not None else f"    weight_scale: {scale_exp} on both sides"]
     if codes is not None:
         lines.append("    codes: " + codes.message.split(": ", 1)[-1])
-        detail.update({k: v for k, v in codes.detail.items()})
-    w_exp, w_got = expected.get(weight), found.get(weight)
-    if codes is None or codes.kind == "tensor":
-        if w_exp is not None and w_got is not None and want_s is not None and got_s is not None \
-                and w_got.dtype in FP8_DTYPES and tuple(got_s.shape) == tuple(want_s.shape):
-            diff = (dequantize(w_got.cpu(), got_s.cpu()) - dequantize(w_exp.cpu(), want_s.cpu())
-                    ).abs()
-            detail["dequantized_max_abs_diff"] = float(diff.max()) if diff.numel() else 0.0
-            lines.append(f"    dequantized weight: max abs diff {detail['dequantized_max_abs_diff']:.4g}")
-    inputs = next((d for d in problems if d.subject == input_scale_name(weight)), None)
     if inputs is not None:
         lines.append("    input_scale: " + inputs.message.split(": ", 1)[-1])
+    detail: dict = {"matrix": matrix, "slot": slot.text() if slot else "",
+                    "expected_scale": scale_exp, "found_scale": scale_got}
+    if error is not None:
+        detail["dequantized_max_abs_diff"] = error
     kind = "fp8" if all(d.kind == "tensor" for d in problems) else problems[0].kind
-    return Divergence(kind, weight, "\n".join(lines), detail)
+    diffs = codes.diffs if codes is not None and codes.diffs else Diffs()
+    diffs.dequantized_max_abs = error
+    return Divergence(kind, weight, "\n".join(lines), detail, finding=finding,
+                      headline=headline, tensor=weight, slot=slot,
+                      dtype=codes.dtype if codes else None, shape=codes.shape if codes else None,
+                      counts=codes.counts if codes else None, diffs=diffs,
+                      rows=codes.rows if codes else None,
+                      first_index=codes.first_index if codes else None,
+                      expected=f"scale {scale_exp}", found=f"scale {scale_got}",
+                      source=codes.source if codes else None, tp=codes.tp if codes else None,
+                      map=codes.map if codes else None)
 
 
 def refine_fp8(divergences: list[Divergence], expected: Mapping[str, torch.Tensor] | None,
                found: Mapping[str, torch.Tensor] | None, spec: ModelSpec) -> list[Divergence]:
     """Replace per-tensor divergences on quantized weights and their scales by one
-    divergence per logical matrix (in model order)."""
+    divergence per logical matrix (in model order). A weight is quantized when the
+    reference holds it as FP8 codes or with a scale; a bfloat16 model's linear is not."""
     if expected is None or found is None:
         return divergences
-    weights = spec.quantized_weights()
+    weights = [w for w in spec.quantized_weights()
+               if scale_name(w) in expected or (w in expected and expected[w].dtype in FP8_DTYPES)]
     owned = {n: w for w in weights for n in (w, scale_name(w), input_scale_name(w))}
     hit = [w for w in weights if any(owned.get(d.subject) == w for d in divergences)]
     rest = [d for d in divergences if d.subject not in owned]

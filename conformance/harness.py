@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -15,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from hypothesis import note
 from hypothesis.control import current_build_context
 from hypothesis.errors import InvalidArgument
 
@@ -26,8 +24,10 @@ from reference.names import layout_keys
 from reference.tp import rank_slice
 from .baseline import divergence_key, short_test, signature
 from .repro import CASE_FILE, save_checkpoint
-from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
+from reports.schema import DivergenceRecord, Source, TPSlice, worst
+from .compare import (Divergence, Outcome, Where, compare_outcomes, compare_states,
                       run_outcome)
+from .failures import failure_message, failure_type, ordered_by_cause, repro_slug
 from .fp8_compare import refine_fp8
 from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
@@ -82,16 +82,32 @@ def _test_target(nodeid: str | None = None) -> list[str]:
     return ["--pyargs", f"{__package__}.{test_file.stem}::{rest}"]
 
 
-def rerun_command(nodeid: str | None = None) -> str:
+def _survives(divergences) -> bool:
+    """Whether replaying these divergences needs the candidate contained: it crashed the
+    process or hung (replayed in process, a crash would kill the replay and a hang block it)."""
+    return any(d.finding in ("crash", "hang") for d in divergences or ())
+
+
+def _replay_options(divergences) -> str:
+    """The repro command's options that make a crash or a hang observable."""
+    if not _survives(divergences):
+        return ""
+    return f" --isolate --candidate-timeout {current().timeout:g}"
+
+
+def rerun_command(nodeid: str | None = None, divergences=None) -> str:
     """The one line that replays this test's failure, runnable as printed from the working
     directory: the interpreter that ran the suite, the PYTHONPATH it had (where an
     out-of-tree adapter lives), the test, the loader and the profile (derandomized
-    profiles replay as is; others need the seed)."""
+    profiles replay as is; others need the seed). A crash or hang replays isolated, with
+    the timeout that was in force."""
     run = current()
     parts = [_from_here(Path(sys.executable)), "-m", "pytest", *_test_target(nodeid),
              "--loader", run.loader_name, f"--hypothesis-profile={run.profile}"]
-    if run.isolated:
+    if run.isolated or _survives(divergences):
         parts.append("--isolate")
+    if _survives(divergences):
+        parts.append(f"--candidate-timeout={run.timeout:g}")
     if run.seed is not None:
         parts.append(f"--hypothesis-seed={run.seed}")
     if run.device != "cpu":
@@ -194,28 +210,27 @@ def load_both(case, directory: Path, options: LoadOptions | None = None,
 
 
 def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | None = None
-               ) -> Callable[[str], str]:
-    """canonical name -> 'rows a:b of checkpoint key K (file F); tp rank r/n holds ...'."""
+               ) -> Callable[[str], Where]:
+    """canonical name -> where it comes from: checkpoint key (rows of a fused key, the
+    shard), and the slice its tensor-parallel rank holds."""
     options, spec = options or case.options, case.plan.spec
-    source = {}
+    source: dict[str, Source] = {}
     for key, target in layout_keys(spec, case.plan.fused).items():
         for slot in target.slots:
-            rows = f"rows {slot.start}:{slot.stop} of " if len(target.slots) > 1 else ""
-            source[slot.canonical] = f"{rows}checkpoint key {key!r}"
+            rows = [slot.start, slot.stop] if len(target.slots) > 1 else None
+            source[slot.canonical] = Source(key, rows)
     weight_map = {}
     if directory is not None and (directory / INDEX_FILE).exists():
         weight_map = json.loads((directory / INDEX_FILE).read_text()).get("weight_map", {})
 
-    def where(name: str) -> str:
-        text = source.get(name, "")
-        key = re.search(r"key '([^']+)'", text)
-        if key and key.group(1) in weight_map:
-            text += f" in {weight_map[key.group(1)]}"
+    def where(name: str) -> Where:
+        found = source.get(name)
+        if found is not None and found.key in weight_map:
+            found = Source(found.key, found.rows, str(weight_map[found.key]))
         piece = rank_slice(spec, name, options.tp_size, options.tp_rank)
-        if piece is not None:
-            text += (f"; tp rank {options.tp_rank}/{options.tp_size} holds [{piece.start}:"
-                     f"{piece.stop}] of dim {piece.dim}")
-        return text
+        tp = None if piece is None else TPSlice(options.tp_rank, options.tp_size, piece.dim,
+                                                piece.start, piece.stop)
+        return Where(source=found, tp=tp)
     return where
 
 
@@ -230,9 +245,9 @@ def _record_known(known: dict[str, list[Divergence]], prop: str, case, nodeid: s
         run.records.write({
             "type": "known", "entry": entry_id, "test": nodeid, "property": prop,
             "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
-            "signature": signature(nodeid, [vars(d) for d in divergences]),
-            "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
-            "divergences": [vars(d) for d in divergences[:12]]})
+            "signature": signature(nodeid, [d.to_json() for d in divergences]),
+            "severity": worst(d.severity for d in divergences),
+            "divergences": [d.to_json() for d in divergences[:12]]})
 
 
 def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> None:
@@ -241,7 +256,7 @@ def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> Non
     run = current()
     unseen = []
     for divergence in divergences:
-        key = (nodeid, str(sorted(divergence_key(vars(divergence)).items())))
+        key = (nodeid, str(sorted(divergence_key(divergence.to_json()).items())))
         if key not in run.collected:
             run.collected.add(key)
             unseen.append(divergence)
@@ -249,9 +264,9 @@ def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> Non
         run.records.write({
             "type": "divergence", "stage": "collected", "property": prop, "test": nodeid,
             "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
-            "severity": min((d.severity for d in unseen), key=SEVERITIES.index),
-            "signature": signature(nodeid, [vars(d) for d in unseen]),
-            "divergences": [vars(d) for d in unseen]})
+            "severity": worst(d.severity for d in unseen),
+            "signature": signature(nodeid, [d.to_json() for d in unseen]),
+            "divergences": [d.to_json() for d in unseen]})
 
 
 def fail_on(divergences: list[Divergence], prop: str, case,
@@ -260,6 +275,7 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     Divergences the run's baseline knows are recorded as known and do not fail: the
     example fails only on what is new, so a known bug never masks another. So fail_on may
     return after divergences: a caller that cannot go on after one returns itself."""
+    __tracebackhide__ = True
     if not divergences:
         return
     run, nodeid = current(), _nodeid()
@@ -274,51 +290,43 @@ def fail_on(divergences: list[Divergence], prop: str, case,
         return
     first = nodeid not in run.first_failure
     run.first_failure.setdefault(nodeid, run.examples.get(nodeid, 0))
-    command = rerun_command()
-    lines = [f"loadcheck: {run.loader_name} diverges from the reference [{prop}]"
-             + (f": {title}" if title else ""),
-             f"  case: {case.summary()}"]
-    lines += [f"  - {d.message}" for d in divergences[:12]]
-    if len(divergences) > 12:
-        lines.append(f"  ... and {len(divergences) - 12} more divergences")
-    if known:
-        lines.append(f"  (known in this example, not failing: {', '.join(sorted(known))} "
-                     f"from {run.baseline.path})")
-    lines.append(f"  re-run: {command}")
-    message = "\n".join(lines)
+    command = rerun_command(divergences=divergences)
+    divergences = ordered_by_cause(divergences)
+    message = failure_message(run.loader_name, prop, case.summary(), divergences, command,
+                              title=title, known=sorted(known),
+                              baseline=str(run.baseline.path) if known else "")
     try:
-        final, hypothesis_test = current_build_context().is_final, True
+        final = current_build_context().is_final
     except InvalidArgument:  # a plain (parametrized) test, not under Hypothesis
-        final, hypothesis_test = True, False
-    if final and hypothesis_test:
-        note(message)
+        final = True
     if final or first:
         # Written when first found (so a killed run keeps it) and again once shrunk.
-        record = {
-            "type": "divergence", "stage": "final" if final else "first",
-            "property": prop, "test": nodeid, "loader": run.loader_name,
-            "severity": min((d.severity for d in divergences), key=SEVERITIES.index),
-            "case": case.summary(), "spec": case.plan.spec.to_dict(),
-            "checkpoint": case.plan.summary(), "options": case.options.summary(),
-            "plan": repr(case.plan), "rerun": command,
-            "examples_before_failure": run.first_failure[nodeid],
-            "signature": signature(nodeid, [vars(d) for d in divergences]),
-            "divergences": [vars(d) for d in divergences],
-        }
+        record = DivergenceRecord(
+            property=prop, test=nodeid, loader=run.loader_name,
+            stage="final" if final else "first", severity=worst(d.severity for d in divergences),
+            case=case.summary(), rerun=command,
+            signature=signature(nodeid, [d.to_json() for d in divergences]),
+            divergences=divergences, headline=divergences[0].headline, root_cause=0,
+            spec=case.plan.spec.to_dict(), checkpoint=case.plan.summary(),
+            options=case.options.summary(), plan=repr(case.plan),
+            examples_before_failure=run.first_failure[nodeid])
         if directory is not None and directory.exists():
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", short_test(nodeid))[:80]
-            target = run.records.repro_directory / slug
+            target = run.records.repro_directory / repro_slug(nodeid)
             left_out = save_checkpoint(directory, target)
             if left_out:
-                record["repro_not_copied"] = left_out
+                record.repro_not_copied = left_out
             (target / CASE_FILE).write_text(json.dumps({
                 "property": prop, "loader": run.loader_name, "spec": case.plan.spec.to_dict(),
                 "options": vars(case.options)}, indent=1))
-            record["repro_checkpoint"] = str(target)
-            record["repro_command"] = (f"python -m conformance.repro {shlex.quote(str(target))}"
-                                       f" --loader {shlex.quote(run.loader_name)}")
-        run.records.write(record)
-    raise AssertionError(message)
+            record.repro_checkpoint = str(target)
+            pythonpath = os.environ.get("PYTHONPATH")
+            record.repro_command = (
+                (f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else "")
+                + f"{shlex.quote(_from_here(Path(sys.executable)))} -m conformance.repro "
+                f"{shlex.quote(str(target))} --loader {shlex.quote(run.loader_name)}"
+                + _replay_options(divergences))
+        run.records.write(record.to_json())
+    raise failure_type(divergences[0].finding)(message)
 
 
 def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
@@ -333,6 +341,7 @@ def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
 
 def check_case(case: LoadCase, prop: str) -> tuple[Outcome, Outcome]:
     """The standard property: the candidate's outcome equals the reference's."""
+    __tracebackhide__ = True
     count_example()
     with written(case.plan) as directory:
         expected, found = load_both(case, directory)
@@ -343,6 +352,7 @@ def check_case(case: LoadCase, prop: str) -> tuple[Outcome, Outcome]:
 def fail_if_states_differ(first: Outcome, second: Outcome, prop: str, case: LoadCase,
                           title: str) -> None:
     """Two loads by the candidate that must agree bit for bit (when both loaded)."""
+    __tracebackhide__ = True
     if first.result is not None and second.result is not None:
         divergences = compare_states(first.result.state, second.result.state,
                                      where=lambda n: title)

@@ -149,6 +149,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.addinivalue_line("markers", "requires(*capabilities): skip unless the loader "
                             "claims every capability")
+    if getattr(config.option, "tbstyle", None) == "auto":
+        # A failure's message says what diverged, where and how to replay it: pytest's
+        # default would print the whole property's source above it. --tb=long still does.
+        config.option.tbstyle = "short"
     # Load the profile here: Hypothesis' own plugin may configure after us, and the seed
     # below depends on whether the profile is derandomized.
     settings.load_profile(config.getoption("hypothesis_profile", None) or DEFAULT_PROFILE)
@@ -298,10 +302,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    from conformance.session import current
+    from generators.specs import NOT_GENERATED
+    run = current()
+    if NOT_GENERATED:  # every process, for what it drew: the report adds them up
+        run.records.write({"type": "support", "not_generated": dict(NOT_GENERATED)})
     if not _controller(session.config):
         return
-    from conformance.session import current
-    run = current()
     if run.baseline_write:
         from conformance.baseline.write import extend_from_run
         session.config._loadcheck_verdict = [extend_from_run(run.baseline, run.records)]
@@ -319,13 +326,38 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     missing = unreported(session.config, run.outcomes)
     run.records.write({"type": "end", "exitstatus": int(session.exitstatus),
                        "tests": len(run.outcomes), "unreported": missing})
+    session.config._loadcheck_failures = failure_lines(run.records.read_own())
     path = session.config.getoption("--html-report")
     if path:
         from reports.html import build_report
         session.config._loadcheck_report = build_report([run.records.directory], path)
 
 
+def failure_lines(records) -> list[str]:
+    """One line per failing test of this run, worst first: severity, test, property and
+    the root cause's headline (pytest's own short summary cuts its line at the terminal's
+    width; this one is whole)."""
+    from reports.identity import short_test
+    from reports.schema import severity_rank
+    final: dict[str, dict] = {}
+    for record in records:
+        if record.get("type") in ("divergence", "crash") and record.get("stage") in ("first",
+                                                                                 "final"):
+            if record["stage"] == "final" or record["test"] not in final:
+                final[record["test"]] = record
+    ordered = sorted(final.values(), key=lambda r: (severity_rank(r.get("severity")),
+                                                    r.get("test", "")))
+    return [f"[{r.get('severity')}] {short_test(r['test'])}: {r.get('property')}: "
+            f"{r.get('headline') or ''}" for r in ordered]
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    failures = getattr(config, "_loadcheck_failures", [])
+    if failures:
+        terminalreporter.section(f"loadcheck: {len(failures)} failing test"
+                                 f"{'s' if len(failures) > 1 else ''}, root cause first")
+        for line in failures:
+            terminalreporter.write_line(line)
     for line in getattr(config, "_loadcheck_verdict", []):
         terminalreporter.write_line(line)
     out = getattr(config, "_loadcheck_report", None)

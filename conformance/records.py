@@ -18,10 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from reports.schema import SCHEMA_VERSION
+
 __all__ = ["SCHEMA_VERSION", "RecordWriter", "new_run_id", "run_metadata", "replace_cell",
            "cell_of"]
 
-SCHEMA_VERSION = 1
 
 
 def new_run_id() -> str:

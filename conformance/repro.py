@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance.repro")
     parser.add_argument("checkpoint", help="a repro checkpoint directory from the records")
     parser.add_argument("--loader", help="loader to check (default: the one that failed)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="load in a child process, so a crash is reported, not fatal")
+    parser.add_argument("--candidate-timeout", type=float, default=None, metavar="SECONDS",
+                        help="report the candidate as hung after this long (default 60)")
     args = parser.parse_args(argv)
     directory = Path(args.checkpoint)
     try:
@@ -87,7 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     spec, options = ModelSpec.from_dict(case["spec"]), LoadOptions(**case["options"])
     reference = ReferenceLoader(variants=dict(candidate.variants))
     expected = run_outcome(lambda: reference.load(str(directory), spec, options))
-    found = run_outcome(lambda: candidate.load(str(directory), spec, options))
+    timeout = args.candidate_timeout or 60.0
+    if args.isolate:
+        from .survival import IsolatedLoader
+        isolated = IsolatedLoader(args.loader or case["loader"], candidate, timeout)
+        found = run_outcome(lambda: isolated.load(str(directory), spec, options))
+    else:
+        from .survival import call_with_timeout
+        found = run_outcome(lambda: call_with_timeout(
+            lambda: candidate.load(str(directory), spec, options), timeout))
     divergences = compare_outcomes(expected, found, name_sets=name_sets(
         frozenset(candidate.capabilities)), device=options.device,
         any_refusal=case["property"].startswith("P11 "))

@@ -42,11 +42,14 @@ def test_parameter_bytes_for_every_dtype(data):
                 divergences.append(Divergence(
                     "bytes", name, f"{name}: {found_bytes.get(name)} bytes, expected {want[name]}"
                     f" ({tensor.dtype}, shape {list(tensor.shape)}: numel x itemsize)",
-                    {"expected": want[name], "found": found_bytes.get(name),
-                     "dtype": str(tensor.dtype), "shape": list(tensor.shape)}))
+                    {"expected": want[name], "found": found_bytes.get(name)},
+                    tensor=name, dtype=str(tensor.dtype), shape=list(tensor.shape),
+                    expected=f"{want[name]:,} bytes", found=f"{found_bytes.get(name)} bytes"))
         total, found_total = sum(want.values()), sum(v or 0 for v in found_bytes.values())
         if total != found_total:
             divergences.append(Divergence("bytes", "total", f"total: {found_total} bytes, "
                                           f"expected {total}", {"expected": total,
-                                                                "found": found_total}))
+                                                                "found": found_total},
+                                          expected=f"{total:,} bytes",
+                                          found=f"{found_total:,} bytes"))
         fail_on(divergences, "P7 bytes", case, directory)

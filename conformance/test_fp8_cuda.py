@@ -22,6 +22,7 @@ from .session import current
 
 def _cpu_reference_and_cuda_candidate(run, case, directory):
     """The reference's load on the host (the meaning) and the candidate's on the GPU."""
+    __tracebackhide__ = True
     cpu = replace(case.options, device="cpu")
     want = run_outcome(lambda: run.reference.load(str(directory), case.plan.spec, cpu))
     got = candidate_call(lambda: run.candidate.load(str(directory), case.plan.spec,

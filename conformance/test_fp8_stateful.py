@@ -44,10 +44,12 @@ class LoadReloadMachine(RuleBasedStateMachine):
         return plan.write(self.tmp / f"checkpoint-{self.written}")
 
     def _fail(self, divergences: list[Divergence], directory: Path | None) -> None:
+        __tracebackhide__ = True
         fail_on(divergences, "P5 reload sequence", self.case, directory,
                 title="after " + " → ".join(self.steps))
 
     def _reload(self, plan, what: str) -> None:
+        __tracebackhide__ = True
         directory = self._write(plan)
         self.last = (plan, what)
         self.steps.append(what)

@@ -36,6 +36,7 @@ class _Hostile:
 
 def _check(case: LoadCase, directory: Path, prop: str, must_refuse: str | None = None
            ) -> None:
+    __tracebackhide__ = True  # the failure message says it all
     count_example()
     run = current()
     expected, found = load_both(case, directory, case.options, spec=case.plan.spec)
@@ -48,7 +49,8 @@ def _check(case: LoadCase, directory: Path, prop: str, must_refuse: str | None =
         divergences.insert(0, Divergence(
             "error", "unpickling", "[critical] the candidate unpickled a checkpoint file: it called "
             "the global the pickle names (a harmless marker here; any code in a real file)",
-            severity="critical"))
+            severity="critical", finding="unpickled",
+            headline="[critical] the candidate unpickled a checkpoint file"))
     fail_on(divergences, prop, case, directory)
 
 

@@ -14,6 +14,7 @@ from generators.checkpoints import checkpoint_plans
 from generators.specs import model_specs
 from reference.tp import gather_ranks
 from .compare import Divergence, compare_states
+from .tp_compare import gathered_where, same_slice_divergences
 from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
                       load_both, written)
 from .session import current
@@ -69,14 +70,9 @@ def test_gathered_ranks_equal_tp1(data):
             references.append(expected.result.state)
         case = LoadCase(plan, replace(base, tp_size=1, tp_rank=0))
         expected_full = gather_ranks(spec, references)
-        divergences = compare_states(expected_full, gather_ranks(spec, states),
-                                     where=lambda n: f"gathered over {tp_size} ranks")
-        for name in (n for n in expected_full if ".q_proj.weight" in n):
-            same = [r for r in range(1, tp_size) if torch.equal(states[r][name], states[0][name])
-                    and not torch.equal(references[r][name], references[0][name])]
-            if same:
-                divergences.append(Divergence("tensor", name, f"{name}: ranks {[0] + same} "
-                                              f"hold the same q slice; each rank must hold its own"))
+        divergences = same_slice_divergences(spec, states, references)
+        divergences += compare_states(expected_full, gather_ranks(spec, states),
+                                      where=lambda n: gathered_where(spec, n, tp_size))
         fail_on(divergences, "P1 tensor parallel", case, directory,
                 title=f"gathered ranks differ from the tp=1 state (tp_size={tp_size})")
 

@@ -33,6 +33,7 @@ def _moved(before: dict[str, int], state) -> list[Divergence]:
 
 
 def _reload(run, result, directory, case: LoadCase):
+    __tracebackhide__ = True
     return candidate_call(lambda: run.candidate.reload(result, str(directory), case.plan.spec,
                                                        case.options))
 

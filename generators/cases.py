@@ -22,6 +22,11 @@ class LoadCase:
     def summary(self) -> str:
         return f"{self.plan.spec.summary()} | {self.plan.summary()} | {self.options.summary()}"
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """Hypothesis prints a failing example's draws with this: the case's one-line
+        summary, not its sixty-line repr (the record keeps the full plan and spec)."""
+        printer.text(f"LoadCase<{self.summary()}>")
+
 
 @st.composite
 def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: bool = False,

@@ -128,6 +128,10 @@ class CheckpointPlan:
                               sorted(to_checkpoint_tensors(self.spec, stray, self.fused).items()))
         return directory
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """One line in Hypothesis' failing-example report (`repr` keeps every field)."""
+        printer.text(f"CheckpointPlan<{self.spec.summary()} | {self.summary()}>")
+
     def summary(self) -> str:
         """One readable line: layout, then each defect."""
         parts = ["fused" if self.fused else "split", f"disk={self.disk_dtype}",

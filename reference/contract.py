@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 import torch
 
 __all__ = [
-    "CAPABILITIES", "VARIANTS", "FAMILIES", "DTYPES", "FP8_CHECKPOINT_FORMATS",
+    "CAPABILITIES", "VARIANTS", "variants_for", "per_family", "FAMILIES", "DTYPES", "FP8_CHECKPOINT_FORMATS",
     "LINEAR_PROJECTIONS", "fp8_quantization_config", "ModelSupport",
     "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader", "OffloadPlan",
     "LoadError", "ShapeMismatchError", "MissingWeightsError", "UnexpectedKeysError",
@@ -349,6 +349,11 @@ class ModelSpec:
                                           e.get("layer")) for e in data.get("extras", ()))
         return cls(**data)
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """One line where a pretty printer (Hypothesis' failing-example report, IPython)
+        shows a spec; `repr` keeps every field."""
+        printer.text(f"ModelSpec<{self.summary()}>")
+
     def summary(self) -> str:
         """One readable line for failure messages and reports."""
         bits = [f"{self.family} L={self.num_layers} h={self.hidden_size} "
@@ -647,6 +652,26 @@ class Loader(Protocol):
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult: ...
 
 
+def variants_for(declared: Mapping[str, Any], family: str | None) -> dict[str, str]:
+    """A loader's declared variants as they apply to one model family. A variant's value is
+    one of its values, or a mapping family -> value with an optional "default" (a library
+    may ignore a tied head for qwen2 and raise for llama); undeclared variants take their
+    first value."""
+    out = {}
+    for key, values in VARIANTS.items():
+        value = declared.get(key, values[0])
+        if isinstance(value, Mapping):
+            value = value.get(family, value.get("default", values[0])) if family else \
+                value.get("default", values[0])
+        out[key] = value
+    return out
+
+
+def per_family(declared: Mapping[str, Any]) -> bool:
+    """Whether any declared variant depends on the model family."""
+    return any(isinstance(v, Mapping) for v in declared.values())
+
+
 def check_loader(obj: Any) -> list[str]:
     """Everything wrong with `obj` as a Loader, as readable lines (empty when fine)."""
     problems = []
@@ -666,8 +691,15 @@ def check_loader(obj: Any) -> list[str]:
     for key, value in dict(obj.variants).items():
         if key not in VARIANTS:
             problems.append(f"declares unknown variant {key!r}; known: {sorted(VARIANTS)}")
-        elif value not in VARIANTS[key]:
-            problems.append(f"variant {key}={value!r} is not one of {VARIANTS[key]}")
+            continue
+        per_family = dict(value) if isinstance(value, Mapping) else {"": value}
+        for family, each in per_family.items():
+            where = f"[{family}]" if family else ""
+            if family and family not in FAMILIES + ("default",):
+                problems.append(f"variant {key} names family {family!r}; families: "
+                                f"{list(FAMILIES)} or 'default'")
+            elif each not in VARIANTS[key]:
+                problems.append(f"variant {key}{where}={each!r} is not one of {VARIANTS[key]}")
     support = getattr(obj, "model_support", ModelSupport())
     if not isinstance(support, ModelSupport):
         problems.append("model_support is not a reference.contract.ModelSupport")

@@ -9,6 +9,7 @@ straight into its destination (the rank's slice of the logical matrix).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -16,7 +17,7 @@ import torch
 
 from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
-from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, CorruptCheckpointError, LoadError, LoadOptions,
+from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, per_family, variants_for, CorruptCheckpointError, LoadError, LoadOptions,
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
@@ -89,7 +90,11 @@ class ReferenceLoader:
 
     def __init__(self, variants: Mapping[str, str] | None = None, fused_params: bool = True,
                  map_weights: bool = True):
-        self.variants = {**DEFAULT_VARIANTS, **(variants or {})}
+        # A variant may take one value per model family (contract.variants_for): each load
+        # and reload then runs under its spec's family's values.
+        self.declared_variants = dict(variants or {})
+        self._family: str | None = None
+        self.variants = variants_for(self.declared_variants, None)
         self.fp8_rules = Fp8Rules.from_variants(self.variants)
         self.fused_params = fused_params
         self.map_weights = map_weights
@@ -99,7 +104,22 @@ class ReferenceLoader:
         from . import __version__
         return __version__
 
+    @contextmanager
+    def family_variants(self, family: str):
+        """The declared variants of `family` for the length of the block."""
+        saved = self._family, self.variants, self.fp8_rules
+        self._family = family
+        self.variants = variants_for(self.declared_variants, family)
+        self.fp8_rules = Fp8Rules.from_variants(self.variants)
+        try:
+            yield
+        finally:
+            self._family, self.variants, self.fp8_rules = saved
+
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
+        if per_family(self.declared_variants) and self._family != spec.family:
+            with self.family_variants(spec.family):
+                return self.load(checkpoint, spec, options)
         check_tp(spec, options.tp_size)
         if options.quantize and spec.fp8_checkpoint:
             raise UnsupportedLayoutError(
@@ -141,6 +161,10 @@ class ReferenceLoader:
     def quantize(self, result: LoadResult) -> LoadResult:
         """Load-then-quantize: online FP8 of a model loaded without it (every group whose
         weights were all loaded)."""
+        family = result.model.spec.family if result.model is not None else None
+        if per_family(self.declared_variants) and family and self._family != family:
+            with self.family_variants(family):
+                return self.quantize(result)
         model = result.model
         if any(t.dtype in FP8_DTYPES for n, t in result.state.items()
                if n in model.spec.quantized_weights()):
@@ -162,6 +186,9 @@ class ReferenceLoader:
         checkpoint does not cover keeps its value; a quantization group is re-quantized
         only when all of its weights arrive. The new weights are loaded and checked in full
         before anything live changes, so a bad checkpoint leaves the model as it was."""
+        if per_family(self.declared_variants) and self._family != spec.family:
+            with self.family_variants(spec.family):
+                return self.reload(result, checkpoint, spec, options)
         live = result.model
         if live is None or live.spec != spec:
             raise UnsupportedLayoutError("reload needs the live model of a load of the same "

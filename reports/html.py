@@ -9,7 +9,13 @@ merged (their metadata), a matrix loader x (device, torch version), a summary pr
 family x loader, and a card per divergence group: the same divergence (loader and signature)
 in several cells is one card with a badge per cell; divergences a baseline knows are cards of
 their own, marked known. With a previous night (`previous=`), every group is new, still
-failing since a date, or fixed."""
+failing since a date, or fixed.
+
+Everything a card shows comes from the records' typed fields (reports.schema): it leads with
+the root cause's headline, finding and picture (reports.pictures: the mismatch map, the
+maps of one fused parameter stacked, the ULP histogram), and groups the example's other
+divergences under it. Severity marks the matrix cells, the groups and a filter whose state
+the page keeps in its URL's query."""
 
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ from typing import Any, Iterable
 from .history import Key, previous_divergences, write_history
 from .identity import record_signature
 from .records import Run, read_runs
-from .summary import headline, incomplete_reason, outcome_counts, run_state, severity_rank
+from .pictures import histogram_picture, map_picture
+from .schema import FINDINGS, SEVERITIES, Divergence, property_id, severity_rank, worst
+from .summary import incomplete_reason, outcome_counts, run_state
 
 __all__ = ["build_report", "render_report", "report_context", "MAX_ITEMS_PER_CARD"]
 
@@ -37,14 +45,12 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAX_ITEMS_PER_CARD = 4
 MAX_ROWS_PER_CARD = 60
 MAX_NAMES_LISTED = 24
+# Cards beyond this many start collapsed to their headline (a night of 1,000 stays scannable).
+OPEN_CARDS = 20
 
 # Fields that differ between replays of one failure without it being another divergence.
 _VOLATILE = frozenset({"schema", "examples_before_failure", "repro_checkpoint",
                        "repro_command"})
-
-_ROWS_OF = re.compile(r"\(rows \d+:\d+ of (\d+)\)")
-_TENSOR_TAIL = re.compile(r"found .*\((torch\.\w+)\)(?:; (.+))?$")
-
 
 def _environment():
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -80,9 +86,10 @@ def _version_key(text: str) -> tuple:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+\-]", text))
 
 
-def _family_key(name: str) -> tuple:
-    match = re.match(r"P(\d+)\b", name)
-    return (int(match.group(1)) if match else 10**6, name)
+def _family_key(label: str, pid: str | None = None) -> tuple:
+    """Properties in number order (P2 before P10), by the record's `property_id`."""
+    number = (pid or property_id(label))[1:]
+    return (int(number) if number.isdigit() else 10**6, label)
 
 
 _severity_rank = severity_rank
@@ -113,121 +120,132 @@ def _run_view(index: int, run: Run, divergences: int, tests: int) -> dict[str, A
         "fixed": sorted((run.verdict or {}).get("fixed") or []),
         "baseline": str(meta.get("baseline") or ""),
         "written_at": str(meta.get("records") or ""),
+        "not_generated": sorted(run.not_generated.items()),
     }
 
 
-def _row_count(detail: dict[str, Any], message: str) -> int | None:
-    """The tensor's first dimension: from `shape` when the record has it, else from the
-    message's "(rows a:b of N)"."""
-    shape = detail.get("shape")
-    if isinstance(shape, list) and shape and isinstance(shape[0], int):
-        return shape[0]
-    match = _ROWS_OF.search(message)
-    return int(match.group(1)) if match else None
+def fmt_bytes(value: Any) -> str:
+    """A byte count with its unit: '1.5 KiB (1,536 B)'; text that is not a count, as is."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "-" if value is None else str(value)
+    size, unit = float(value), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{value:,} B" if unit == "B" else f"{size:.3g} {unit} ({value:,} B)"
 
 
-def _bar(detail: dict[str, Any], message: str) -> dict[str, Any] | None:
-    """Geometry for the mini-visual: the mismatched (and poisoned) share of the elements,
-    and the span of differing rows among the tensor's rows."""
-    mismatched, numel = detail.get("mismatched"), detail.get("numel")
-    if not isinstance(mismatched, int) or not isinstance(numel, int) or numel <= 0:
-        return None
-    width = 200.0
-    poisoned = detail.get("poisoned") if isinstance(detail.get("poisoned"), int) else 0
-    bar: dict[str, Any] = {
-        "w": width, "mis": max(1.0, width * mismatched / numel) if mismatched else 0.0,
-        "poison": max(1.0, width * poisoned / numel) if poisoned else 0.0,
-        "pct": 100.0 * mismatched / numel, "rows": None,
-    }
-    rows, total = detail.get("rows"), _row_count(detail, message)
-    if isinstance(rows, list) and len(rows) == 2 and total:
-        start, stop = rows
-        bar["rows"] = {"x": width * start / total, "w": max(1.5, width * (stop - start) / total),
-                       "start": start, "stop": stop, "total": total}
-    return bar
+def _typed(d: dict[str, Any]) -> Divergence:
+    """A record's divergence as the schema's dataclass (records.py has checked the line)."""
+    return Divergence.from_json(d)
 
 
-def _item_view(d: dict[str, Any]) -> dict[str, Any]:
-    detail = d.get("detail") or {}
-    if not isinstance(detail, dict):
-        detail = {"value": detail}
-    message = str(d.get("message") or "")
-    kind = str(d.get("kind") or "?")
+def _finding_text(finding: str) -> str:
+    return FINDINGS.get(finding, finding.replace("_", " "))
+
+
+def _pct(part: int, whole: int) -> str:
+    share = 100.0 * part / whole if whole else 0.0
+    return f"{share:.3g}%" if share >= 0.1 or not part else "<0.1%"
+
+
+def _stats(d: Divergence) -> list[tuple[str, str, str]]:
+    """(label, value, css class), the figures that say most first: for an FP8 matrix the
+    scale and the error after dequantization, then how many codes differ."""
+    stats: list[tuple[str, str, str]] = []
+    diffs, counts = d.diffs, d.counts
+    if d.kind == "fp8":
+        if diffs is not None and diffs.dequantized_max_abs is not None:
+            stats.append(("dequantized max abs diff", fmt_number(diffs.dequantized_max_abs),
+                          "c-mis"))
+        scale = (d.expected, d.found) if d.finding in ("scale", "input_scale") else (
+            d.detail.get("expected_scale"), d.detail.get("found_scale"))
+        if scale[0] is not None or scale[1] is not None:
+            label = "input scale" if d.finding == "input_scale" else "scale"
+            stats.append((label, f"{_short(scale[0], 40)} → {_short(scale[1], 40)}"
+                          if scale[0] != scale[1] else f"{_short(scale[0], 40)} (equal)", ""))
+    if counts is not None:
+        label = "codes differing" if d.kind == "fp8" else "mismatched"
+        stats.append((label, f"{fmt_number(counts.mismatched)} / {fmt_number(counts.numel)} "
+                             f"({_pct(counts.mismatched, counts.numel)})", "c-mis"))
+        if counts.poisoned:
+            stats.append(("never written (poison)", fmt_number(counts.poisoned), "c-poi"))
+        if counts.non_finite:
+            stats.append(("NaN / inf", fmt_number(counts.non_finite), "c-poi"))
+    if d.rows:
+        total = d.shape[0] if d.shape else None
+        stats.append(("rows", f"{d.rows[0]}:{d.rows[1]}" + (f" of {total}" if total else ""),
+                      "c-rows"))
+    if diffs is not None:
+        for label, value in (("max abs diff", diffs.max_abs), ("max rel diff", diffs.max_rel),
+                             ("max ULP", diffs.max_ulp)):
+            if value is not None:
+                stats.append((label, fmt_number(value), ""))
+    if d.kind == "error" and (d.expected_family or d.found_family):
+        stats.append(("families", f"{d.expected_family or '?'} → {d.found_family or '?'}", ""))
+    return stats
+
+
+def _values(d: Divergence) -> tuple[str | None, str | None]:
+    """Expected and found as the card shows them: byte counts with units; scales are
+    already among the stats."""
+    if d.kind == "fp8" and d.finding in ("scale", "input_scale"):
+        return None, None
+    if d.kind == "bytes":
+        return fmt_bytes(d.expected), fmt_bytes(d.found)
+    return (None if d.expected is None else _short(d.expected),
+            None if d.found is None else _short(d.found))
+
+
+def _item_view(d: Divergence, stack: list[Divergence] | None = None) -> dict[str, Any]:
+    """One divergence in full; `stack`: the divergences its picture shows (its fused
+    parameter's other diverging slots, in slot order)."""
+    expected, found = _values(d)
     item: dict[str, Any] = {
-        "kind": kind, "subject": str(d.get("subject") or ""), "message": message,
-        "severity": str(d.get("severity") or "divergence"), "stats": [], "bar": None,
-        "expected": None, "found": None, "first_index": None, "lacking": [], "extra": [],
-        "lacking_more": 0, "extra_more": 0, "dtype": None, "where": None,
+        "kind": d.kind, "subject": d.subject, "severity": d.severity, "finding": d.finding,
+        "finding_text": _finding_text(d.finding), "headline": d.headline, "dtype": d.dtype,
+        "shape": json.dumps(d.shape) if d.shape else None, "stats": _stats(d),
+        "expected": expected, "found": found,
+        "first_index": json.dumps(d.first_index) if d.first_index is not None else None,
+        "where": [(label, part.text()) for label, part in
+                  (("slot", d.slot), ("source", d.source), ("tp", d.tp)) if part is not None],
+        "map": map_picture(stack or [d]),
+        "map_from": stack[0].headline if stack and d not in stack else "",
+        "hist": histogram_picture(d.diffs.ulp_histogram if d.diffs else None),
+        "lacking": [], "extra": [], "lacking_more": 0, "extra_more": 0,
     }
-    if "mismatched" in detail:
-        numel = detail.get("numel")
-        stats = [("mismatched", f"{fmt_number(detail['mismatched'])} / {fmt_number(numel)}",
-                  "c-mis")]
-        rows = detail.get("rows")
-        if isinstance(rows, list) and len(rows) == 2:
-            total = _row_count(detail, message)
-            stats.append(("rows", f"{rows[0]}:{rows[1]}" + (f" of {total}" if total else ""),
-                          "c-rows"))
-        if detail.get("poisoned"):
-            stats.append(("poisoned", fmt_number(detail["poisoned"]), "c-poi"))
-        if "max_abs_diff" in detail:
-            stats.append(("max abs diff", fmt_number(detail["max_abs_diff"]), ""))
-        if "max_rel_diff" in detail:
-            stats.append(("max rel diff", fmt_number(detail["max_rel_diff"]), ""))
-        item["stats"] = stats
-        item["bar"] = _bar(detail, message)
-        item["expected"] = detail.get("expected_value")
-        item["found"] = detail.get("found_value")
-        if detail.get("first_index") is not None:
-            item["first_index"] = json.dumps(detail["first_index"])
-    elif isinstance(detail.get("expected"), list) and isinstance(detail.get("found"), list):
-        expected = [str(x) for x in detail["expected"]]
-        found = [str(x) for x in detail["found"]]
-        if kind == "names":  # name sets: what is lacking and what is extra
-            lacking = sorted(set(expected) - set(found))
-            extra = sorted(set(found) - set(expected))
-            item["lacking"], item["extra"] = lacking[:MAX_NAMES_LISTED], extra[:MAX_NAMES_LISTED]
-            item["lacking_more"] = max(0, len(lacking) - MAX_NAMES_LISTED)
-            item["extra_more"] = max(0, len(extra) - MAX_NAMES_LISTED)
-        else:  # shapes
-            item["expected"] = json.dumps(detail["expected"])
-            item["found"] = json.dumps(detail["found"])
-    elif "expected" in detail or "found" in detail:
-        item["expected"] = _short(detail.get("expected"))
-        item["found"] = _short(detail.get("found"))
-        if detail.get("expected_family") or detail.get("found_family"):
-            item["stats"] = [("families", f"{detail.get('expected_family', '?')} → "
-                                          f"{detail.get('found_family', '?')}", "")]
-    for key in ("expected", "found"):
-        if item[key] is not None:
-            item[key] = _short(item[key])
-    if item["stats"] and "mismatched" in detail:
-        # The message's last line: "first at [i]: expected X, found Y (dtype); where".
-        tail = _TENSOR_TAIL.search(message.splitlines()[-1]) if message else None
-        if tail:
-            item["dtype"], item["where"] = tail.group(1), tail.group(2)
-    structured = item["stats"] or item["expected"] is not None or item["lacking"] or item["extra"]
-    # The text says nothing the structured fields do not, except where it could not be parsed.
-    item["show_message"] = bool(message) and (not structured or (
-        "mismatched" in detail and item["dtype"] is None))
+    listed = d.detail.get("expected"), d.detail.get("found")
+    if d.kind == "names" and all(isinstance(x, list) for x in listed):
+        expected_set, found_set = ({str(x) for x in xs} for xs in listed)
+        lacking, extra = sorted(expected_set - found_set), sorted(found_set - expected_set)
+        item["lacking"], item["extra"] = lacking[:MAX_NAMES_LISTED], extra[:MAX_NAMES_LISTED]
+        item["lacking_more"] = max(0, len(lacking) - MAX_NAMES_LISTED)
+        item["extra_more"] = max(0, len(extra) - MAX_NAMES_LISTED)
+    structured = (item["stats"] or expected is not None or found is not None
+                  or item["lacking"] or item["extra"] or item["where"])
+    # The full text is shown only where the fields say nothing more than the headline (a
+    # crash's output, say); it is never read back.
+    item["message"] = d.message if not structured and d.message.strip() != d.headline else ""
     return item
 
 
-def _row_view(d: dict[str, Any]) -> dict[str, Any]:
-    """One line of the compact table: what, how many, where, how far."""
-    item = _item_view(d)
-    stats = {label: value for label, value, _ in item["stats"]}
-    values = ""
-    if item["expected"] is not None or item["found"] is not None:
-        values = f"{item['expected'] if item['expected'] is not None else '-'} → " \
-                 f"{item['found'] if item['found'] is not None else '-'}"
-    elif not item["stats"]:
-        values = item["message"].splitlines()[0] if item["message"] else ""
-    return {"kind": item["kind"], "subject": item["subject"],
-            "mismatched": stats.get("mismatched", ""), "rows": stats.get("rows", ""),
-            "poisoned": stats.get("poisoned", ""), "max_abs": stats.get("max abs diff", ""),
-            "vals": _short(values, 160)}
-
+def _row_view(d: Divergence) -> dict[str, Any]:
+    """One line of the compact table: what, which finding, how many, how far."""
+    counts, diffs = d.counts, d.diffs
+    expected, found = _values(d)
+    far = diffs.dequantized_max_abs if d.kind == "fp8" and diffs else (
+        diffs.max_abs if diffs else None)
+    return {"kind": d.kind, "subject": d.subject, "finding": d.finding.replace("_", " "),
+            "severity": d.severity,
+            "mismatched": (f"{fmt_number(counts.mismatched)} / {fmt_number(counts.numel)}"
+                           if counts else ""),
+            "poisoned": fmt_number(counts.poisoned) if counts and counts.poisoned else "",
+            "max_abs": fmt_number(far) if far is not None else "",
+            "vals": _short(f"{expected or '-'} → {found or '-'}", 160)
+            if expected is not None or found is not None else _short(d.headline, 160)}
 
 def _short(value: Any, limit: int = 600) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
@@ -243,17 +261,45 @@ def _relocated(path: str, run: dict[str, Any]) -> str:
     return path
 
 
+def _picture_stack(root: Divergence, items: list[Divergence]) -> list[Divergence]:
+    """The divergences drawn in the root cause's picture: it and the other diverging slots
+    of its fused parameter. A structural finding without a map of its own (every TP rank
+    holds the same slice) is drawn from the same tensor's comparison, which has one."""
+    if root.map is None:
+        drawn = next((d for d in items if d.map is not None and d.subject == root.subject), None)
+        if drawn is None:
+            return [root]
+        root = drawn
+    if root.slot is None:
+        return [root]
+    return [d for d in items if d is root or (d.slot is not None and d.slot.fused ==
+                                               root.slot.fused and d.map is not None)]
+
+
+def _more_summary(items: list[Divergence]) -> str:
+    """'20 unwritten, 5 values': what the rest of a card's divergences are, by finding."""
+    counts = Counter(d.finding.replace("_", " ") for d in items)
+    return ", ".join(f"{n} {finding}" for finding, n in counts.most_common())
+
+
 def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats: int,
                badges: list[dict[str, Any]], status: str | None, since: str | None
                ) -> dict[str, Any]:
-    items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
-    full, rows = items[:MAX_ITEMS_PER_CARD], items[MAX_ITEMS_PER_CARD:MAX_ROWS_PER_CARD]
+    """A card leads with the root cause (its headline, finding and picture, the picture
+    stacking the other slots of its fused parameter); the other divergences of the example
+    follow under 'and N more', a few in full, then as table rows, then by name."""
+    items = [_typed(d) for d in record.get("divergences") or [] if isinstance(d, dict)]
+    cause = record.get("root_cause") if isinstance(record.get("root_cause"), int) else 0
+    cause = cause if 0 <= cause < len(items) else 0
+    root = items[cause] if items else None
+    others = [d for i, d in enumerate(items) if i != cause]
+    full = others[:MAX_ITEMS_PER_CARD - 1]
+    rows = others[MAX_ITEMS_PER_CARD - 1:MAX_ROWS_PER_CARD]
+    rest = others[MAX_ROWS_PER_CARD:]
     test = str(record.get("test") or "?")
-    severity = str(record.get("severity") or min(
-        (str(d.get("severity") or "divergence") for d in items), key=_severity_rank,
-        default="divergence"))
+    severity = str(record.get("severity") or worst(d.severity for d in items))
     return {
-        "id": f"d{index}", "severity": severity, "property": str(record.get("property") or "?"),
+        "id": f"d{index}", "open": index <= OPEN_CARDS, "severity": severity, "property": str(record.get("property") or "?"),
         "test": test, "test_name": test.split("::")[-1],
         "loader": str(record.get("loader") or run["loader"]),
         "run": run["id"], "cell": run["cell"], "case": str(record.get("case") or ""),
@@ -266,16 +312,20 @@ def _card_view(index: int, record: dict[str, Any], run: dict[str, Any], repeats:
             str(record.get("repro_checkpoint") or "\0"),
             _relocated(str(record.get("repro_checkpoint") or ""), run)),
         "unshrunk": record.get("stage") == "first",
+        "headline": str(record.get("headline") or (root.headline if root else "")),
+        "finding": root.finding if root else "", "root_of": len(items),
+        "finding_text": _finding_text(root.finding) if root else "",
+        "root": _item_view(root, _picture_stack(root, items)) if root else None,
         "diffs": [_item_view(d) for d in full], "rows": [_row_view(d) for d in rows],
+        "others": len(others), "others_summary": _more_summary(others),
         "total_items": len(items),
-        "more": [str(d.get("subject") or d.get("kind") or "?")
-                 for d in items[MAX_ROWS_PER_CARD:MAX_ROWS_PER_CARD + MAX_NAMES_LISTED]],
-        "more_count": max(0, len(items) - MAX_ROWS_PER_CARD),
-        "signature": record_signature(record), "headline": headline(record),
+        "more": [d.subject or d.kind for d in rest[:MAX_NAMES_LISTED]],
+        "more_count": len(rest),
+        "signature": record_signature(record),
+        "property_id": str(record.get("property_id") or property_id(str(record.get("property") or ""))),
         "badges": badges, "status": status, "since": since,
         "known": str(record.get("entry") or "") if record.get("type") == "known" else "",
     }
-
 
 def _dedup_key(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if k not in _VOLATILE},
@@ -348,7 +398,9 @@ def report_context(runs: list[Run], title: str | None = None,
     groups = _groups(runs, run_views, previous[0] if previous else None)
     groups.sort(key=lambda g: (STATUS_ORDER.index(g["status"]),
                                _severity_rank(str(g["record"].get("severity") or "divergence")),
-                               g["view"]["loader"], _family_key(str(g["record"].get("property") or "")),
+                               g["view"]["loader"],
+                               _family_key(str(g["record"].get("property") or ""),
+                                           g["record"].get("property_id")),
                                str(g["record"].get("test") or "")))
     cards = [_card_view(i, g["record"], g["view"], g["repeats"], g["badges"], g["status"],
                         g["since"]) for i, g in enumerate(groups, 1)]
@@ -358,23 +410,32 @@ def report_context(runs: list[Run], title: str | None = None,
                               else card["repro"])
 
     loaders = sorted({r["loader"] for r in run_views} | {c["loader"] for c in cards})
-    families = sorted({c["property"] for c in cards}, key=_family_key)
-    cells = sorted({r["cell"] for r in run_views},
-                   key=lambda c: (c.split(" · ")[0], _version_key(c.split("torch ")[-1])))
-    # The filters match cards by index into these lists (short attributes, nothing to escape).
+    family_ids = {c["property"]: c["property_id"] for c in cards}
+    families = sorted(family_ids, key=lambda f: _family_key(f, family_ids[f]))
+    cell_of = {view["cell"]: run.cell for run, view in zip(runs, run_views)}
+    cells = sorted(cell_of, key=lambda c: (cell_of[c][0], _version_key(cell_of[c][1])))
+    # The filters match cards by index into these lists (short attributes, nothing to escape);
+    # the URL names them ("?loader=vllm&cell=cuda/2.14.0&severity=critical"), so a link
+    # pasted into an issue restores the filter on another night's page too.
     for card in cards:
         card["f"], card["l"] = families.index(card["property"]), loaders.index(card["loader"])
         card["c"] = " ".join(str(cells.index(b["cell"])) for b in card["badges"])
     loaders_with_runs = {r["loader"] for r in run_views if r["version"] != "-" or r["torch"] != "-"}
 
-    by_family = Counter((c["property"], c["loader"]) for c in failing)
-    summary = [{"family": f, "cells": [{"loader": l, "count": by_family[(f, l)],
+    by_family: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    by_cell: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for card in failing:
+        by_family[(card["property"], card["loader"])][card["severity"]] += 1
+        for badge in card["badges"]:
+            by_cell[(card["loader"], badge["cell"])][card["severity"]] += 1
+    summary = [{"family": f, "cells": [{"loader": l, "count": sum(by_family[(f, l)].values()),
+                                        "severity": worst(by_family[(f, l)]),
                                         "state": "bad" if by_family[(f, l)] else
                                         ("ok" if l in loaders_with_runs else "none")}
                                        for l in loaders],
-                "total": sum(by_family[(f, l)] for l in loaders)}
+                "total": sum(sum(by_family[(f, l)].values()) for l in loaders)}
                for f in families if any(by_family[(f, l)] for l in loaders)]
-    loader_totals = [sum(by_family[(f, l)] for f in families) for l in loaders]
+    loader_totals = [sum(sum(by_family[(f, l)].values()) for f in families) for l in loaders]
 
     matrix_runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for view in run_views:
@@ -396,6 +457,10 @@ def report_context(runs: list[Run], title: str | None = None,
                         "fixed": sum(len(v["fixed"]) for v in views),
                         "passed": outcomes.get("passed"), "failed": outcomes.get("failed"),
                         "skipped": outcomes.get("skipped"), "label": state,
+                        "severities": sorted(by_cell[(loader, cell)].items(),
+                                             key=lambda kv: _severity_rank(kv[0])),
+                        "worst": worst(by_cell[(loader, cell)]) if by_cell[(loader, cell)]
+                        else "",
                         "state": {"fail": "bad", "pass": "ok", "known": "known",
                                   "none": "none"}.get(state, "untested")})
         matrix.append({"loader": loader, "cells": row})
@@ -408,7 +473,12 @@ def report_context(runs: list[Run], title: str | None = None,
                                             f"{len(loaders)} loaders" if loaders else "no runs")),
         "generated": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         "runs": run_views, "cards": cards, "loaders": loaders, "families": families,
-        "cells": cells, "summary": summary, "loader_totals": loader_totals, "matrix": matrix,
+        "cells": cells, "cell_names": [f"{cell_of[c][0]}/{cell_of[c][1]}" for c in cells],
+        # a property by its id in the URL (P2), by its label where two labels share an id
+        "family_names": [family_ids[f] if family_ids[f] and list(family_ids.values()).count(
+            family_ids[f]) == 1 else f for f in families],
+        "severity_names": [s for s in SEVERITIES if any(c["severity"] == s for c in cards)],
+        "summary": summary, "loader_totals": loader_totals, "matrix": matrix,
         "family_counts": Counter(c["property"] for c in cards),
         "loader_counts": Counter(c["loader"] for c in cards),
         "cell_counts": Counter(b["cell"] for c in cards for b in c["badges"]),

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 __all__ = ["SUPPORTED_SCHEMAS", "RUN_IDENTITY", "Records", "Run", "read_records", "read_runs", "final_divergences"]
 
-SUPPORTED_SCHEMAS = {1}
+from .schema import SUPPORTED_SCHEMAS, SchemaError, read_line
 
 # The run-line fields that say which run it is; `time` differs between the xdist controller
 # and its workers, so it is not one of them.
@@ -45,6 +45,8 @@ class Run:
     known: list[dict[str, Any]] = field(default_factory=list)
     verdict: dict[str, Any] | None = None   # the baseline's account, when run with one
     end: dict[str, Any] | None = None       # the controller's last line: the run finished
+    # feature -> drawn specs it was left out of (outside the loader's model support)
+    not_generated: dict[str, int] = field(default_factory=dict)
     collected: list[str] | None = None      # the tests the run meant to run (its start)
 
     @property
@@ -99,11 +101,10 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: not a JSON record") from None
         if "\\ud" in line.lower():  # an escaped surrogate: a lone one cannot be written out
             record = _without_lone_surrogates(record)
-        if not isinstance(record, dict) or record.get("schema") not in SUPPORTED_SCHEMAS:
-            schema = record.get("schema") if isinstance(record, dict) else None
-            raise ValueError(f"{path}:{number}: record schema {schema!r} is "
-                             f"not one of {sorted(SUPPORTED_SCHEMAS)}")
-        yield record
+        try:
+            yield read_line(record, f"{path}:{number}")
+        except SchemaError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _without_lone_surrogates(value: Any) -> Any:
@@ -134,7 +135,7 @@ def read_records(paths: Iterable[str | Path]) -> Records:
                 records.known.append(record)
             elif kind == "baseline":
                 records.verdicts.append(record)
-            elif kind not in ("end", "collected"):
+            elif kind not in ("end", "collected", "support"):
                 records.divergences.append(record)
     return records
 
@@ -176,6 +177,9 @@ def read_runs(paths: Iterable[str | Path]) -> list[Run]:
                 run.end = record
             elif kind == "collected":
                 run.collected = [str(t) for t in record.get("tests") or []]
+            elif kind == "support":
+                for feature, count in (record.get("not_generated") or {}).items():
+                    run.not_generated[feature] = run.not_generated.get(feature, 0) + int(count)
             else:
                 run.divergences.append(record)
     for run in runs.values():

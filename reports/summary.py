@@ -8,23 +8,17 @@ from collections import Counter
 from typing import Any
 
 from .records import Run
+from .schema import SEVERITIES as SEVERITY_ORDER, severity_rank
 
 __all__ = ["SEVERITY_ORDER", "severity_rank", "headline", "run_line", "incomplete_reason",
            "text_summary",
            "markdown_summary"]
 
-# Worst first (conformance.compare.SEVERITIES); an unknown severity sorts last.
-SEVERITY_ORDER = ("critical", "crash", "hang", "divergence")
-
-
-def severity_rank(severity: Any) -> int:
-    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
-
 
 def headline(record: dict[str, Any]) -> str:
-    items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
-    return str(items[0].get("message") or "").splitlines()[0] if items and items[0].get(
-        "message") else ""
+    """The record's root cause, in one line (reports.schema.read_line fills it in for
+    records written before the suite wrote one)."""
+    return str(record.get("headline") or "")
 
 
 def outcome_counts(run: Run) -> Counter:
@@ -68,6 +62,9 @@ def run_line(run: Run) -> str:
         known, fixed = _entries(run, "known"), _entries(run, "fixed")
         parts.append(f"known {len(known)}" + (f" ({', '.join(known)})" if known else ""))
         parts.append(f"fixed {len(fixed)}" + (f" ({', '.join(fixed)})" if fixed else ""))
+    if run.not_generated:
+        parts.append("not generated (outside the loader's model support): " + ", ".join(
+            f"{feature} x{count}" for feature, count in sorted(run.not_generated.items())))
     if run.complete is False:
         parts.append(incomplete_reason(run))
     return "; ".join(parts)
@@ -93,15 +90,19 @@ def _ordered(run: Run) -> list[dict[str, Any]]:
 def text_summary(runs: list[Run]) -> str:
     lines = [f"{sum(len(r.divergences) for r in runs)} new divergence(s) in {len(runs)} run(s)"]
     lines += ["  " + run_line(r) for r in runs]
+    # every run's divergences together, worst first (critical before crash, hang, the rest)
+    everything = sorted((d for run in runs for d in run.divergences),
+                        key=lambda d: (severity_rank(d.get("severity")), str(d.get("property")),
+                                       str(d.get("test"))))
+    for d in everything:
+        lines += ["", f"[{d.get('severity', 'divergence')}] [{d.get('property')}] "
+                      f"{d.get('test')} ({d.get('loader')}): {headline(d)}",
+                  f"  case: {d.get('case')}", f"  re-run: {d.get('rerun')}"]
+        if d.get("repro_checkpoint"):
+            lines.append(f"  checkpoint: {d['repro_checkpoint']}")
+        if d.get("repro_command"):
+            lines.append(f"  replay: {d['repro_command']}")
     for run in runs:
-        for d in _ordered(run):
-            lines += ["", f"[{d.get('severity', 'divergence')}] [{d.get('property')}] "
-                          f"{d.get('test')} ({d.get('loader')}): {headline(d)}",
-                      f"  case: {d.get('case')}", f"  re-run: {d.get('rerun')}"]
-            if d.get("repro_checkpoint"):
-                lines.append(f"  checkpoint: {d['repro_checkpoint']}")
-            if d.get("repro_command"):
-                lines.append(f"  replay: {d['repro_command']}")
         for entry_id in _entries(run, "fixed"):
             summary = ((run.verdict or {}).get("summaries") or {}).get(entry_id, "")
             lines += ["", f"[fixed] baseline entry {entry_id} no longer reproduces"

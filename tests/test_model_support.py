@@ -87,6 +87,13 @@ def test_partial_adapter_passes_the_whole_pr_run_and_a_planted_bug_is_caught(tmp
     assert "loadcheck model support: not generated: family qwen2, biases, tied heads" \
         in clean.output
     assert "failed" not in clean.output.splitlines()[-1], clean.output[-500:]
+    # what was left out is counted, and the summary says so
+    from reports.records import read_runs
+    from reports.summary import run_line
+    (run,) = read_runs([tmp_path / "clean"])
+    assert run.not_generated.get("tied heads", 0) > 0, run.not_generated
+    assert run.not_generated.get("attention biases", 0) > 0, run.not_generated
+    assert "not generated (outside the loader's model support): " in run_line(run)
 
     (tmp_path / "partial_buggy.py").write_text(textwrap.dedent(PARTIAL_ADAPTER) + PLANTED_BUG)
     buggy = run_suite("partial_buggy", "conformance/test_loading.py::test_load_matches_reference",
