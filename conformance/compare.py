@@ -75,6 +75,7 @@ class Where:
     note: str = ""
     row_marks: list[Mark] = field(default_factory=list)
     col_marks: list[Mark] = field(default_factory=list)
+    slot_rows: list[int] | None = None  # [start, stop) of its rows in the fused parameter
 
     def text(self) -> str:
         return "; ".join(p for p in (self.note, self.source and self.source.text(),
@@ -102,6 +103,8 @@ def _diverged(kind: str, name: str, finding: str, headline: str, lines: list[str
     """A divergence about the canonical tensor `name`, its message the headline, then the
     detail lines, then where it comes from."""
     slot = fused_slot(name)
+    if slot is not None and where.slot_rows is not None:
+        slot.rows = list(where.slot_rows)
     place = "; ".join(p for p in (slot and slot.text(), where.text()) if p)
     message = "\n".join([headline] + [f"    {line}" for line in lines]
                          + ([f"    {place}"] if place else []))

@@ -20,7 +20,7 @@ from hypothesis.errors import InvalidArgument
 from generators.cases import LoadCase
 from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
-from reference.names import layout_keys
+from reference.names import fused_gate_up_rows, fused_qkv_rows, layout_keys
 from reference.tp import rank_slice
 from .baseline import divergence_key, short_test, signature
 from .repro import CASE_FILE, save_checkpoint
@@ -219,6 +219,7 @@ def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | No
         for slot in target.slots:
             rows = [slot.start, slot.stop] if len(target.slots) > 1 else None
             source[slot.canonical] = Source(key, rows)
+    slot_rows = _fused_slot_rows(spec, options.tp_size)
     weight_map = {}
     if directory is not None and (directory / INDEX_FILE).exists():
         weight_map = json.loads((directory / INDEX_FILE).read_text()).get("weight_map", {})
@@ -230,8 +231,22 @@ def provenance(case: LoadCase, directory: Path | None, options: LoadOptions | No
         piece = rank_slice(spec, name, options.tp_size, options.tp_rank)
         tp = None if piece is None else TPSlice(options.tp_rank, options.tp_size, piece.dim,
                                                 piece.start, piece.stop)
-        return Where(source=found, tp=tp)
+        return Where(source=found, tp=tp, slot_rows=slot_rows.get(name))
     return where
+
+
+def _fused_slot_rows(spec, tp_size: int) -> dict[str, list[int]]:
+    """canonical q/k/v/gate/up weight or bias -> its rows in the fused parameter a loader
+    like vLLM keeps (at tp 1; a rank's fused parameter has rank-local rows: not given)."""
+    if tp_size != 1:
+        return {}
+    out = {}
+    for layer in range(spec.num_layers):
+        for module, rows in (("self_attn", fused_qkv_rows(spec)), ("mlp", fused_gate_up_rows(spec))):
+            for part, (start, stop) in rows.items():
+                for suffix in ("weight", "bias"):
+                    out[f"model.layers.{layer}.{module}.{part}.{suffix}"] = [start, stop]
+    return out
 
 
 def _record_known(known: dict[str, list[Divergence]], prop: str, case, nodeid: str) -> None:

@@ -72,7 +72,8 @@ def gathered_where(spec: ModelSpec, name: str, tp_size: int) -> Where:
         if piece is None:
             break
         dim = piece.dim
-        if not marks or marks[-1].at != piece.start:
+        # a replicated slice (kv heads shared by ranks) starts where another did: no new edge
+        if piece.start > 0 and all(m.at != piece.start for m in marks):
             marks.append(Mark(piece.start, f"rank {rank}"))
     note = f"gathered over {tp_size} ranks"
     return Where(note=note, row_marks=marks if dim == 0 else [],

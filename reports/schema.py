@@ -365,7 +365,10 @@ def read_line(record: Any, where: str) -> dict[str, Any]:
             divergences = [Divergence.from_json(d) for d in items]
         except SchemaError as exc:
             raise SchemaError(f"{where}: {exc}") from None
-        record = dict(record, divergences=[d.to_json() for d in divergences])
+        # Schema 2 lines are kept as written (checked above; `to_json` would deep-copy every
+        # map cell); schema 1 lines get the fields they lacked.
+        if record.get("schema") != SCHEMA_VERSION:
+            record = dict(record, divergences=[d.to_json() for d in divergences])
         if not record.get("headline") and divergences:
             record["headline"] = divergences[record.get("root_cause") or 0].headline
         record.setdefault("property_id", property_id(str(record.get("property") or "")))
