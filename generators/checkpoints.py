@@ -20,10 +20,17 @@ from reference.checkpoint import write_checkpoint, write_safetensors
 from reference.contract import DTYPES, ModelSpec, torch_dtype
 from reference.dtypes import PLAIN_FLOATS, SAFETENSORS_CODES
 from reference.names import layout_keys, to_checkpoint_tensors
-from .tensors import seeded_tensor
+from .tensors import at_rounding_ties, seeded_tensor
 
 __all__ = ["CheckpointPlan", "ExtraKey", "checkpoint_plans", "canonical_tensors",
            "near_miss_keys", "STRAY_FILE"]
+
+# Dtypes found on disk that no generated model has: float64 checkpoints (a converted or
+# exported one) loaded into float32 / bfloat16 / float16 parameters.
+DISK_ONLY = ("float64",)
+# The disk dtype whose conversion into a model dtype has its own ties: float16 and
+# bfloat16 into each other, float64 into float32 (and the halves).
+_TIE_PARTNER = {"bfloat16": "float16", "float16": "bfloat16", "float32": "float64"}
 
 # A stray full checkpoint beside the shards, as some repos ship `consolidated.safetensors`.
 STRAY_FILE = "consolidated.safetensors"
@@ -156,14 +163,15 @@ class CheckpointPlan:
 
 def canonical_tensors(spec: ModelSpec, seed: int, disk_dtype: torch.dtype
                       ) -> dict[str, torch.Tensor]:
-    """Seeded values per canonical parameter: floats in `disk_dtype`, extras in their own."""
+    """Seeded values per canonical parameter: floats in `disk_dtype` (a quarter of them on
+    rounding ties, `at_rounding_ties`), extras in their own."""
     out = {}
     for i, (name, shape) in enumerate(spec.parameter_shapes().items()):
         dtype = spec.parameter_dtype(name)
         out[name] = seeded_tensor(seed * 1000 + i, torch.float32 if dtype in PLAIN_FLOATS
                                   else dtype, shape)
         if dtype in PLAIN_FLOATS:
-            out[name] = out[name].to(disk_dtype)
+            out[name] = at_rounding_ties(out[name].to(disk_dtype))
     return out
 
 
@@ -188,7 +196,8 @@ def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_
     that `near_miss` writes at least one near-miss key (P14's subject)."""
     fused = draw(st.sampled_from(fused_choices))
     keys = sorted(layout_keys(spec, fused))
-    plan = dict(fused=fused, disk_dtype=draw(st.sampled_from((spec.dtype,) + DTYPES)),
+    plan = dict(fused=fused, disk_dtype=draw(st.sampled_from(
+                    (spec.dtype, _TIE_PARTNER[spec.dtype]) + DTYPES + DISK_ONLY)),
                 shards=draw(st.integers(min(min_shards, max_shards), max_shards)), order_seed=draw(st.integers(0, 2**16)),
                 data_seed=draw(st.integers(0, 2**16)))
     if drop:

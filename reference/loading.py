@@ -20,7 +20,7 @@ from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, CorruptCheckpointErr
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
-from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast
+from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast, cast_float
 from .filemap import map_concatenated
 from .fp8 import Fp8Rules, input_scale_name, quantize_groups, requantize_to_max, scale_name
 from .model import TinyDecoderLM
@@ -296,7 +296,7 @@ class ReferenceLoader:
         embedding = model.canonical_views()["model.embed_tokens.weight"]
         piece = self.rank_slice(spec, TIED_HEAD_KEY, options)
         rows = (piece.start, piece.stop) if piece is not None else None
-        head = ckpt.read(plan.tied_head, rows).to(embedding.dtype)
+        head = cast_float(ckpt.read(plan.tied_head, rows), embedding.dtype)
         width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[head.itemsize]
         if torch.equal(head.view(width), embedding.cpu().contiguous().view(width)):
             plan.ignored.add(TIED_HEAD_KEY)
@@ -374,7 +374,7 @@ class ReferenceLoader:
         """Read one slot of one checkpoint tensor, narrowed to this rank, into `dest`."""
         entry = copy.entry
         if not dest.dim():  # a scalar scale, stored as () or [1]
-            dest.copy_(ckpt.read(entry).reshape(()))
+            dest.copy_(cast_float(ckpt.read(entry).reshape(()), dest.dtype))
             return
         piece, rows = self._rows(copy, spec, options)
         if (piece is None or piece.dim == 0) and entry.dtype == dest.dtype \
@@ -384,7 +384,8 @@ class ReferenceLoader:
         source = ckpt.read(entry, rows)
         if piece is not None and piece.dim == 1:
             source = source[:, piece.start:piece.stop]
-        dest.copy_(source)  # float -> float rounds to nearest even, as Tensor.to does
+        # float -> float rounds once to nearest even (torch's float64 -> bf16 / f16 rounds twice)
+        dest.copy_(cast_float(source, dest.dtype) if source.dtype in PLAIN_FLOATS else source)
 
     def check_finite(self, plan: LoadPlan, state: Mapping[str, torch.Tensor]) -> None:
         """NaN / Inf in a loaded float tensor is bad input (a corrupt shard loads silently

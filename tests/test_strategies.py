@@ -18,13 +18,14 @@ from reference.dtypes import dtype_class
 
 ALL = frozenset(CAPABILITIES)
 CORNER_BUDGET = 25  # examples; the pr profile runs 100
+PR_BUDGET = 100  # issue 14's corners: reached within what a pr run draws
 
 
-def reached(strategy, features) -> Counter:
-    """Run `strategy` for the pr budget, derandomized, and count the features it shows."""
+def reached(strategy, features, budget: int = CORNER_BUDGET) -> Counter:
+    """Run `strategy` for `budget` examples, derandomized, and count the features it shows."""
     seen: Counter = Counter()
 
-    @settings(max_examples=CORNER_BUDGET, derandomize=True, database=None, deadline=None)
+    @settings(max_examples=budget, derandomize=True, database=None, deadline=None)
     @given(strategy)
     def collect(case):
         for name, present in features(case).items():
@@ -59,6 +60,19 @@ def test_loading_cases_reach_every_layout_and_dtype_class():
                 "fp8 extra", "bf16 params", "disk dtype != param dtype"]
     missing = [f for f in expected if not seen[f]]
     assert not missing, f"not reached within {CORNER_BUDGET} examples: {missing}; seen {dict(seen)}"
+
+
+def test_loading_cases_reach_every_cast_with_its_own_ties():
+    """float64 into the halves (rounds twice through float32 in torch), and float16 and
+    bfloat16 into each other; the data holds those casts' ties (at_rounding_ties)."""
+    def casts(case):
+        pair = (case.plan.disk_dtype, case.options.dtype or case.plan.spec.dtype)
+        return {"float64 into bf16/fp16": pair in (("float64", "bfloat16"), ("float64", "float16")),
+                "float64 into float32": pair == ("float64", "float32"),
+                "float16 into bf16": pair == ("float16", "bfloat16"),
+                "bf16 into float16": pair == ("bfloat16", "float16")}
+    seen = reached(load_cases(ALL, tp=True, extras=True, dtype_override=True), casts, PR_BUDGET)
+    assert len(seen) == 4, f"not reached within {PR_BUDGET} examples; seen {dict(seen)}"
 
 
 def test_tracking_cases_reach_a_single_missing_bias():
