@@ -31,6 +31,7 @@ from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare
                       run_outcome)
 from .fp8_compare import refine_fp8
 from .session import current
+from .verify import unreported_sharing
 from .survival import call_with_timeout
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
@@ -318,6 +319,8 @@ def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
     divergences = compare_outcomes(expected, found, name_sets=name_sets(current().capabilities),
                                    device=case.options.device,
                                    where=provenance(case, directory))
+    if expected.result is not None and found.result is not None:  # the objects, not the report
+        divergences += unreported_sharing(found.result.state, found.result.aliases)
     return refine_fp8(divergences, expected.result and expected.result.state,
                       found.result and found.result.state, case.plan.spec)
 

@@ -21,7 +21,7 @@ MUTANTS = (
     "p11_globs_every_shard", "p11_last_key_wins", "p11_shard_names_unvalidated", "p11_trusts_header_offsets",
     "p11_unpickles_bin_files",
     "p14_suffix_name_match", "p9_offload_does_nothing", "p9_norms_never_onloaded",
-    "p9_host_copies_share_storage", "p9_post_process_reallocates", "survival_hangs_on_meta_submodule", "survival_aborts_on_bool_extra",
+    "p9_host_copies_share_storage", "p9_post_process_reallocates", "p9_placement_bookkeeping_only", "survival_hangs_on_meta_submodule", "survival_aborts_on_bool_extra",
     "seed003_fused_scale_slot0_only", "seed001_reload_keeps_stale_scale",
     "seed001_reload_quantizes_codes", "p4_one_scale_across_fused_shards",
     "p4_scale_in_weight_dtype", "p5_reload_skips_post_processing",
