@@ -105,6 +105,35 @@ def test_tying_and_sharding_cases_reach_their_defects():
     assert sharding["stray file"], sharding
 
 
+def test_checkpoint_corners_of_real_checkpoints_are_reached():
+    """Issue 14: what save_pretrained and real shard sets hold, within the pr budget."""
+    def tying(c):
+        tied, extras = c.plan.spec.tie_word_embeddings, [e.key for e in c.plan.extra_keys]
+        return {"tied head equal to the embedding": tied and c.plan.head_in_tied
+                and c.plan.tied_head_equal,
+                "tied head differing": tied and c.plan.head_in_tied and not c.plan.tied_head_equal,
+                "lm_head.bias in a tied model": tied and "lm_head.bias" in extras,
+                "lm_head.weight_scale in a tied model": tied and "lm_head.weight_scale" in extras}
+    seen = reached(load_cases(ALL, extra_keys=True, drop=True), tying, PR_BUDGET)
+    assert len(seen) == 4, seen
+
+    def sharding(c):
+        many = c.plan.shards > 1
+        return {"> 2 shards": c.plan.shards > 2, "an empty shard": many and c.plan.empty_shard,
+                "in a header, not in weight_map": many and bool(c.plan.unindexed),
+                "in weight_map, in no header": many and bool(c.plan.phantom)}
+    seen = reached(load_cases(ALL, stray=True, min_shards=2), sharding, PR_BUDGET)
+    assert len(seen) == 4, seen
+
+    def spans(c):
+        deltas = [d for _, d in c.plan.span_deltas]
+        return {"span larger than shape x itemsize": any(d > 0 for d in deltas),
+                "span smaller": any(d < 0 for d in deltas),
+                "span off by part of an element": any(abs(d) == 1 for d in deltas)}
+    seen = reached(load_cases(ALL, wrong_shape=True, tp=True), spans, PR_BUDGET)
+    assert len(seen) == 3, seen
+
+
 def test_meta_cases_reach_meta_submodule_and_meta_init_in_low_precision():
     seen = reached(load_cases(ALL, meta=True, extras=True, dtype_override=True), lambda c: {
         "meta resampler in bf16/fp16": c.plan.spec.meta_submodule

@@ -18,6 +18,8 @@ MUTANTS = (
     "p7_subbyte_by_bit_width", "p1_fused_v_reads_k_rows", "p1_tp_rank_ignored",
     "p1_kv_replication_modulo", "p2_gate_up_second_half_unwritten", "p2_bf16_by_truncation",
     "p2_float_into_int_cast", "p2_float64_rounds_twice", "p2_bf16_ties_round_up", "p2_shape_narrowed_to_fit", "p10_tied_head_overwrites_embedding", "p10_meta_init_unties_head",
+    "p10_untie_without_comparing", "p10_tied_skips_every_lm_head_key",
+    "p11_index_assignment_not_enforced", "p11_span_at_least_shape",
     "p11_globs_every_shard", "p11_last_key_wins", "p11_shard_names_unvalidated", "p11_trusts_header_offsets",
     "p11_unpickles_bin_files",
     "p14_suffix_name_match", "p9_offload_does_nothing", "p9_norms_never_onloaded",
