@@ -100,7 +100,7 @@ class ReferenceLoader:
         return __version__
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
-        check_tp(spec, options.tp_size)
+        check_tp(spec, options.tp_size, self.variants["vocab_shards"])
         if options.quantize and spec.fp8_checkpoint:
             raise UnsupportedLayoutError(
                 f"online {options.quantize} quantization of a checkpoint that is already "

@@ -75,6 +75,12 @@ def test_loading_cases_reach_every_cast_with_its_own_ties():
     assert len(seen) == 4, f"not reached within {PR_BUDGET} examples; seen {dict(seen)}"
 
 
+def test_tp_cases_reach_a_vocabulary_the_split_must_pad():
+    seen = reached(load_cases(ALL, tp=True, extras=True, dtype_override=True), lambda c: {
+        "V % tp != 0": c.plan.spec.vocab_size % c.options.tp_size != 0}, PR_BUDGET)
+    assert seen["V % tp != 0"], seen
+
+
 def test_tracking_cases_reach_a_single_missing_bias():
     def features(case):
         dropped = case.plan.dropped

@@ -16,7 +16,7 @@ MUTANTS = (
     "seed000_meta_move_before_load", "seed000_move_casts_dtype", "seed000_buffers_not_recomputed",
     "seed004_tracking_exempts_linears", "seed002_bytes_via_finfo", "p7_dtype_size_by_name",
     "p7_subbyte_by_bit_width", "p1_fused_v_reads_k_rows", "p1_tp_rank_ignored",
-    "p1_kv_replication_modulo", "p2_gate_up_second_half_unwritten", "p2_bf16_by_truncation",
+    "p1_kv_replication_modulo", "p1_padded_vocab_refused", "p2_gate_up_second_half_unwritten", "p2_bf16_by_truncation",
     "p2_float_into_int_cast", "p2_float64_rounds_twice", "p2_bf16_ties_round_up", "p2_shape_narrowed_to_fit", "p10_tied_head_overwrites_embedding", "p10_meta_init_unties_head",
     "p10_untie_without_comparing", "p10_tied_skips_every_lm_head_key",
     "p11_index_assignment_not_enforced", "p11_span_at_least_shape",
