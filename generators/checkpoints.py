@@ -76,6 +76,8 @@ class CheckpointPlan:
     scale_as_vector: bool = False        # scalar scales written with shape [1], not ()
     weight_gain: float = 1.0             # float linear weights multiplied by this
     zero_weights: tuple[str, ...] = ()   # canonical linear weights written all zero
+    zero_rows: tuple[str, ...] = ()      # ... with one inner row zero (per-row scales)
+    amax_spikes: tuple[str, ...] = ()    # ... whose amax is one negative element
     non_finite: tuple[tuple[str, float], ...] = ()  # (canonical name, value at index 0)
 
     # ----- the tensors ----------------------------------------------------------------
@@ -95,8 +97,15 @@ class CheckpointPlan:
         elif self.weight_gain != 1.0:
             for name in quantized:
                 values[name] = (values[name].float() * self.weight_gain).to(values[name].dtype)
+        for name in self.amax_spikes:  # before zero_weights: an all-zero one stays zero
+            spiked = values[name].float().clone()
+            spiked.view(-1)[-1] = -8 * float(spiked.abs().max().clamp(min=1e-3))
+            values[name] = spiked.to(values[name].dtype)
         for name in self.zero_weights:
             values[name] = torch.zeros_like(values[name])
+        for name in self.zero_rows:
+            values[name] = values[name].clone()
+            values[name][len(values[name]) // 2] = 0
         for name, value in self.non_finite:
             bad = values[name].float().reshape(-1)
             bad[0] = value
@@ -198,6 +207,10 @@ class CheckpointPlan:
             parts.append(f"linear weights x{self.weight_gain:g}")
         if self.zero_weights:
             parts.append(f"all zero: {', '.join(self.zero_weights)}")
+        if self.zero_rows:
+            parts.append(f"a zero row in: {', '.join(self.zero_rows)}")
+        if self.amax_spikes:
+            parts.append(f"amax in one element of: {', '.join(self.amax_spikes)}")
         if self.non_finite:
             parts.append("non-finite: " + ", ".join(f"{n}[0]={v}" for n, v in self.non_finite))
         return "; ".join(parts)

@@ -140,6 +140,13 @@ def test_checkpoint_corners_of_real_checkpoints_are_reached():
     assert len(seen) == 3, seen
 
 
+def test_online_fp8_cases_reach_the_corners_of_per_row_scales():
+    seen = reached(online_cases(ALL, tp=True), lambda c: {
+        "zero row in a non-zero weight": bool(c.plan.zero_rows) and c.plan.weight_gain != 0,
+        "amax in one element": bool(c.plan.amax_spikes)}, PR_BUDGET)
+    assert len(seen) == 2, seen
+
+
 def test_meta_cases_reach_meta_submodule_and_meta_init_in_low_precision():
     seen = reached(load_cases(ALL, meta=True, extras=True, dtype_override=True), lambda c: {
         "meta resampler in bf16/fp16": c.plan.spec.meta_submodule

@@ -29,7 +29,7 @@ MUTANTS = (
     "p4_scale_in_weight_dtype", "p5_reload_skips_post_processing",
     "p3_max_scale_without_requantizing", "p12_scale_floor_missing",
     "p4_quantize_after_load_per_tensor", "p4_float16_scale_underflows",
-    "p12_nan_codes_not_checked", "p6_scales_exempt_from_tracking",
+    "p12_nan_codes_not_checked", "p12_row_floor_from_tensor_amax", "p6_scales_exempt_from_tracking",
 )
 
 
