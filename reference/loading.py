@@ -63,6 +63,12 @@ class LoadPlan:
         ranked = sorted(self.problems, key=lambda e: (_PRECEDENCE.index(e.family), str(e)))
         first = ranked[0]
         first.alternatives = frozenset(e.family for e in ranked)
+        for family in first.alternatives:  # what any problem of each family names
+            of_family = [e for e in ranked if e.family == family]
+            first.accepted_subjects[family] = frozenset().union(
+                *(e.accepted_subjects.get(family, ()) for e in of_family))
+            if any(e.names for e in of_family):
+                first.accepted_names[family] = frozenset().union(*(e.names for e in of_family))
         raise first
 
 
@@ -240,16 +246,16 @@ class ReferenceLoader:
                     plan.tied_head = entry  # untie or not, once its values are read
                 continue
             if entry.shape != target.shape and not (target.shape == () and entry.shape == (1,)):
-                plan.problems.append(ShapeMismatchError(
+                plan.problems.append(self.about_tensor(ShapeMismatchError(
                     f"{key}: expected shape {list(target.shape)}, checkpoint has "
-                    f"{list(entry.shape)}", subject=key))
+                    f"{list(entry.shape)}", subject=key), target))
                 continue
             param_dtype = spec.parameter_dtype(target.slots[0].canonical, options.dtype)
             if not self.accepts_dtype(entry.dtype, param_dtype):
-                plan.problems.append(UnsupportedDtypeError(
+                plan.problems.append(self.about_tensor(UnsupportedDtypeError(
                     f"{key}: checkpoint dtype {entry.dtype} cannot load into a {param_dtype} "
                     f"parameter (only plain floats convert; int, bool and FP8 keep their "
-                    f"dtype)", subject=key))
+                    f"dtype)", subject=key), target))
                 continue
             for slot in target.slots:
                 if slot.canonical in covered_by:
@@ -265,13 +271,23 @@ class ReferenceLoader:
         if plan.unexpected and (options.strict or self.variants["unexpected_keys"] == "raise"):
             names = sorted(plan.unexpected)
             plan.problems.append(UnexpectedKeysError(
-                f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0]))
+                f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0],
+                names=frozenset(names)))
         if plan.missing and options.track:
             names = sorted(plan.missing)
             plan.problems.append(MissingWeightsError(
                 f"weights not initialized from the checkpoint: {', '.join(names)}",
-                subject=names[0]))
+                subject=names[0], names=frozenset(names)))
         return plan
+
+    def about_tensor(self, error: LoadError, target: KeyTarget | str) -> LoadError:
+        """An error about one checkpoint tensor, named as `error_subject` declares: its
+        key (as raised), or the canonical parameter(s) it feeds (any part of a fused key)."""
+        if self.variants["error_subject"] == "canonical":
+            names = [target] if isinstance(target, str) else [s.canonical for s in target.slots]
+            error.subject = names[0]
+            error.accepted_subjects[error.family] = frozenset(names)
+        return error
 
     def _embedding_from_head(self, spec: ModelSpec, entries: Mapping[str, TensorEntry],
                              plan: LoadPlan, covered_by: dict[str, str]) -> None:
@@ -396,10 +412,10 @@ class ReferenceLoader:
                 bad = ~torch.isfinite(tensor.float())  # FP8: the NaN codes 0x7f, 0xff
                 if bool(bad.any()):
                     index = [int(i) for i in bad.nonzero()[0]]
-                    raise NonFiniteInputError(
+                    raise self.about_tensor(NonFiniteInputError(
                         f"{copy.entry.key} ({copy.entry.file}): {int(bad.sum())} non-finite "
                         f"values, first at {index} of {copy.slot.canonical}",
-                        subject=copy.entry.key)
+                        subject=copy.entry.key), copy.slot.canonical)
 
     def requantize_serialized(self, views: Mapping[str, torch.Tensor], spec: ModelSpec,
                               loaded: set[str]) -> None:

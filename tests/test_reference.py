@@ -502,6 +502,29 @@ def test_shape_mismatch_of_a_fused_key(tmp_path):
         f"shape mismatch of a fused key names it and both shapes: {err}"
 
 
+def test_error_subjects_follow_the_declared_variant(tmp_path):
+    """Issue 14: a tensor error names the checkpoint key, or under error_subject=canonical
+    the parameters it feeds (any part of a fused key); the raised error carries what every
+    problem of each family names, and a missing-weights error every missing name."""
+    tensors = canonical(GQA)
+    disk = fused_checkpoint_by_hand(GQA, tensors)
+    key = f"{L0}.mlp.gate_up_proj.weight"
+    disk[key] = torch.zeros(17, 16)
+    disk.pop("model.norm.weight")
+    disk.pop(f"{L0}.input_layernorm.weight")
+    path = write(tmp_path / "c", GQA, disk)
+    err = raises(ShapeMismatchError, lambda: load(path, GQA, track=True))
+    assert err.subject == key and err.accepted_subjects["shape_mismatch"] == {key}, \
+        f"key variant: {err.subject}, {err.accepted_subjects}"
+    parts = {f"{L0}.mlp.gate_proj.weight", f"{L0}.mlp.up_proj.weight"}  # not loaded either
+    missing = {"model.norm.weight", f"{L0}.input_layernorm.weight"} | parts
+    assert err.accepted_names["missing"] == missing, err.accepted_names
+    loader = ReferenceLoader(variants={"error_subject": "canonical"})
+    err = raises(ShapeMismatchError, lambda: load(path, GQA, loader, track=True))
+    assert err.subject in parts and err.accepted_subjects["shape_mismatch"] == parts, \
+        f"canonical variant: {err.subject}, {err.accepted_subjects}"
+
+
 def _with_extra_key(tmp_path):
     disk = {**split_checkpoint(GQA, canonical(GQA)), "model.layers.0.mlp.g_idx": torch.arange(4)}
     return write(tmp_path / "c", GQA, disk)
