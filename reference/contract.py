@@ -43,7 +43,8 @@ CAPABILITIES: Mapping[str, str] = {
     "meta_submodule": "models with an extra submodule built on meta (model.resampler.*)",
     "extras": "models with extra parameters of any dtype (model.extras.*: int, bool, FP8)",
     "track": "reports missing weights exactly, and raises when tracking is on",
-    "strict": "raises on unexpected checkpoint keys when strict is on",
+    "strict": "with strict on, raises on missing weights and on unexpected checkpoint keys "
+              "(torch's load_state_dict(strict=True); see the strict_scope variant)",
     "poison": "fills every allocation with the poison pattern before loading",
     "forward": "computes logits of the tiny decoder",
     "finite_check": "with check_finite on, refuses NaN / Inf in float tensors, naming the key",
@@ -82,6 +83,10 @@ VARIANTS: Mapping[str, tuple[str, ...]] = {
     # Unexpected keys without strict: reported (transformers), or always an error
     # (vLLM's load_weights looks every name up in params_dict).
     "unexpected_keys": ("report", "raise"),
+    # What strict raises on: missing weights and unexpected keys, as torch's
+    # load_state_dict(strict=True) and the libraries that copy it, or "unexpected" only,
+    # for a loader that documents a strict of that scope.
+    "strict_scope": ("missing_and_unexpected", "unexpected"),
     # ----- FP8 (semantics section 4; reference/fp8.py implements every value) ------------
     # The online quantization unit: the fused q/k/v and gate/up parameter as one tensor
     # (vLLM), each checkpoint tensor (HF, torchao: a module of the checkpoint's layout), or

@@ -273,7 +273,8 @@ class ReferenceLoader:
             plan.problems.append(UnexpectedKeysError(
                 f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0],
                 names=frozenset(names)))
-        if plan.missing and options.track:
+        strict_missing = options.strict and self.variants["strict_scope"] != "unexpected"
+        if plan.missing and (options.track or strict_missing):
             names = sorted(plan.missing)
             plan.problems.append(MissingWeightsError(
                 f"weights not initialized from the checkpoint: {', '.join(names)}",
