@@ -172,8 +172,14 @@ class ReferenceLoader:
         if live is None or live.spec != spec:
             raise UnsupportedLayoutError("reload needs the live model of a load of the same "
                                          "spec", subject="reload")
+        # a reload of some layers lacks the others by design: strict keeps its unexpected
+        # keys, never its missing weights
         staged = self.load(checkpoint, spec, replace(options, track=False, poison=False,
-                                                     meta_init=False))
+                                                     meta_init=False, strict=False))
+        if options.strict and staged.unexpected:
+            names = sorted(staged.unexpected)
+            raise UnexpectedKeysError(f"unexpected checkpoint keys: {', '.join(names)}",
+                                      subject=names[0], names=frozenset(names))
         covered = set(staged.loaded)
         for name in list(covered):
             if name + "_scale" in staged.state and live.dtypes.get(name) in FP8_DTYPES:
