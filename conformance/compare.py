@@ -2,8 +2,8 @@
 
 Tensors are compared bit for bit (NaN-aware: bits, not values), after dtype and shape;
 name sets exactly; errors by family (a candidate may raise any family the reference
-lists as an alternative). "One raised, the other did not" is a divergence like any
-wrong number.
+lists as an alternative), then by what the error names (conformance/error_subjects.py).
+"One raised, the other did not" is a divergence like any wrong number.
 """
 
 from __future__ import annotations
@@ -228,7 +228,8 @@ def _compare_outcomes(expected: Outcome, found: Outcome, *, name_sets: tuple[str
     if expected.error is not None or found.error is not None:
         if isinstance(expected.error, LoadError) and isinstance(found.error, LoadError) \
                 and (any_refusal or found.error.family in expected.error.alternatives):
-            return []
+            from .error_subjects import subject_divergences  # imports this module
+            return [] if any_refusal else subject_divergences(expected.error, found.error)
         return [error_divergence(expected, found)]
     exp, got = expected.result, found.result
     out = _name_sets(exp, got, name_sets)

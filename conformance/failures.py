@@ -27,7 +27,8 @@ __all__ = ["FINDING_ORDER", "ordered_by_cause", "failure_message", "failure_type
 FINDING_ORDER = ("unpickled", "checkpoint", "judge", "accepted", "crash", "hang", "exception",
                  "same_slice",
                  "unwritten", "missing", "extra", "meta", "shape", "dtype", "scale",
-                 "input_scale", "non_finite", "refused", "error_family", "codes", "values",
+                 "input_scale", "non_finite", "refused", "error_family", "error_subject",
+                 "codes", "values",
                  "rounding", "alias", "placement", "bytes", "names", "global_state", "process",
                  "other")
 

@@ -32,6 +32,7 @@ from .fp8_compare import refine_fp8
 from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
 from .survival import HungTestStopped, call_with_timeout, checked_result
+from .verify import unreported_sharing
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
            "provenance", "name_sets", "rerun_command", "count_example", "seed_for", "seeded",
@@ -350,6 +351,8 @@ def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
     divergences = compare_outcomes(expected, found, name_sets=name_sets(current().capabilities),
                                    device=case.options.device,
                                    where=provenance(case, directory))
+    if expected.result is not None and found.result is not None:  # the objects, not the report
+        divergences += unreported_sharing(found.result.state, found.result.aliases)
     return refine_fp8(divergences, expected.result and expected.result.state,
                       found.result and found.result.state, case.plan.spec)
 

@@ -26,7 +26,7 @@ NOT_REPLAYED = 3
 # reference's (the properties that fail through harness.check_case, and the hostile ones).
 REPLAYED = frozenset({
     "P2 coverage", "P1 split/fused", "P14 name mapping", "dtype rules", "shape mismatch",
-    "order", "P10 tying", "P6 tracking", "P6 unexpected keys", "P6 FP8 tracking",
+    "order", "P10 tying", "P6 tracking", "P6 unexpected keys", "P6 strict", "P6 FP8 tracking",
     "P8 meta init", "P8 meta submodule", "P11 sharded index", "P11 hostile checkpoint",
     "P11 corrupted bytes", "P3 FP8 scale slots", "P3 FP8 fused/split", "P4 online FP8",
     "P12 non-finite"})

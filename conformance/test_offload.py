@@ -1,7 +1,9 @@
 """Offloading (P9, seed 002's home): offloaded ≡ resident, bit for bit, for every onloaded
 tensor and for the logits, *and* every parameter's storage is where the plan says: on the
 host between uses, on the device while its layer runs (an offloader that silently does
-nothing passes an output-equality test, so placement is checked too)."""
+nothing passes an output-equality test, so placement is checked too). The candidate's
+placement report is itself checked against its storages (conformance/verify.py): device,
+and on the host which storage, between uses and while each layer runs."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from reference.dtypes import clone_bytes
 from .compare import Divergence, compare_states
 from .harness import candidate_call, count_example, fail_on, load_both, written
 from .session import current
+from .verify import placement_of_storage, storages
 
 FILTERS = ((), ("mlp",), ("self_attn",), ("mlp.down_proj",), ("input_layernorm",),
            ("self_attn.qkv_proj", "mlp.gate_up_proj"))
@@ -79,13 +82,21 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
                     "P9 offload", case, directory, title=title)
             return  # known to the baseline (fail_on returned): nothing more to compare
         offloaded = handle.result
-        divergences = _placement_divergences(want, offloaded.placement(), "between uses", dtypes)
+        home_report, home = offloaded.placement(), storages(offloaded.state())
+        home = {n: s for n, s in storages(offloaded.state()).items() if home.get(n) == s}
+
+        def verified(when: str) -> list[Divergence]:
+            return placement_of_storage(offloaded.placement(), storages(offloaded.state()),
+                                        home_report, home, run.device, when)
+        divergences = _placement_divergences(want, home_report, "between uses", dtypes)
+        divergences += verified("between uses")
         for layer in range(spec.num_layers):
             reference.onload(layer)
             offloaded.onload(layer)
             divergences += _placement_divergences(
                 {n: w for n, w in reference.placement().items() if f"layers.{layer}." in n},
                 offloaded.placement(), f"while layer {layer} is onloaded", dtypes)
+            divergences += verified(f"while layer {layer} is onloaded")
             divergences += compare_states(
                 {n: t for n, t in resident.items() if f"layers.{layer}." in n},
                 {n: t for n, t in offloaded.state().items() if f"layers.{layer}." in n},
@@ -93,6 +104,7 @@ def test_offloaded_equals_resident_and_lives_on_the_host(data):
             reference.release(layer)
             offloaded.release(layer)
         divergences += _placement_divergences(want, offloaded.placement(), "after release", dtypes)
+        divergences += verified("after release")
         logits = candidate_call(lambda: offloaded.forward(ids))
         if logits.error is not None:
             divergences.append(Divergence("error", "forward", f"offloaded forward raised "

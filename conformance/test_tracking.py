@@ -41,3 +41,14 @@ def test_unexpected_keys_reported(data):
     case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extra_keys=True),
                      label="case")
     check_case(case, "P6 unexpected keys")
+
+
+@pytest.mark.requires("load", "strict")
+@given(data=st.data())
+def test_strict_raises_on_missing_and_unexpected(data):
+    """strict as torch's load_state_dict(strict=True): a dropped weight or an unknown key is
+    an error (naming it), unless the loader declares strict_scope=unexpected."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, drop=True,
+                                extra_keys=True, strict=True, track=False), label="case")
+    check_case(case, "P6 strict")

@@ -17,12 +17,13 @@ __all__ = ["same_slice_divergences", "gathered_where"]
 
 
 def same_slice_divergences(spec: ModelSpec, found: Sequence[Mapping[str, torch.Tensor]],
-                           expected: Sequence[Mapping[str, torch.Tensor]]) -> list[Divergence]:
+                           expected: Sequence[Mapping[str, torch.Tensor]],
+                           vocab_shards: str = "even") -> list[Divergence]:
     """One divergence per sliced tensor where some rank holds another rank's slice instead
     of its own (the reference's slices of those ranks differ)."""
     tp_size, out = len(found), []
     for name in expected[0]:
-        if rank_slice(spec, name, tp_size, 0) is None:
+        if rank_slice(spec, name, tp_size, 0, vocab_shards) is None:
             continue
         held: dict[int, int] = {}  # wrong rank -> the rank whose slice it holds
         for rank in range(tp_size):
@@ -62,13 +63,13 @@ def same_slice_divergences(spec: ModelSpec, found: Sequence[Mapping[str, torch.T
     return out
 
 
-def gathered_where(spec: ModelSpec, name: str, tp_size: int) -> Where:
+def gathered_where(spec: ModelSpec, name: str, tp_size: int, vocab_shards: str = "even") -> Where:
     """Where a tensor gathered over the ranks was cut: one mark per rank boundary, on the
     rows (dim 0) or columns (dim 1) of its mismatch map."""
     marks = []
     dim = None
     for rank in range(1, tp_size):
-        piece = rank_slice(spec, name, tp_size, rank)
+        piece = rank_slice(spec, name, tp_size, rank, vocab_shards)
         if piece is None:
             break
         dim = piece.dim

@@ -4,7 +4,9 @@ A :class:`CheckpointPlan` is a small, readable value (what Hypothesis prints and
 `write(directory)` turns it into files any real loader can open. Layouts: split or fused
 q/k/v and gate/up, one file or 2-4 shards with an index, any key order. Defects: dropped
 keys (a single missing bias, say), near-miss and extra keys, extra int tensors, a wrong
-shape, a float tensor for an integer parameter, keys fed twice, a stray unindexed shard.
+shape, a float tensor for an integer parameter, keys fed twice, a stray unindexed shard,
+an empty shard, an index that disagrees with its shards, header spans that disagree with
+shapes, a tied head in the checkpoint (equal to the embedding or not) and lm_head.* extras.
 """
 
 from __future__ import annotations
@@ -16,14 +18,25 @@ from pathlib import Path
 import torch
 from hypothesis import strategies as st
 
-from reference.checkpoint import write_checkpoint, write_safetensors
+from reference.checkpoint import shard_file_name, write_checkpoint, write_safetensors
 from reference.contract import DTYPES, ModelSpec, torch_dtype
 from reference.dtypes import PLAIN_FLOATS, SAFETENSORS_CODES
 from reference.names import layout_keys, to_checkpoint_tensors
-from .tensors import seeded_tensor
+from .files import read_header_keys, respan, rewrite_index
+from .tensors import at_rounding_ties, seeded_tensor
 
 __all__ = ["CheckpointPlan", "ExtraKey", "checkpoint_plans", "canonical_tensors",
            "near_miss_keys", "STRAY_FILE"]
+
+# Keys beside a head that no parameter takes (a head bias, a quantization scale).
+LM_HEAD_EXTRAS = ("lm_head.bias", "lm_head.weight_scale")
+
+# Dtypes found on disk that no generated model has: float64 checkpoints (a converted or
+# exported one) loaded into float32 / bfloat16 / float16 parameters.
+DISK_ONLY = ("float64",)
+# The disk dtype whose conversion into a model dtype has its own ties: float16 and
+# bfloat16 into each other, float64 into float32 (and the halves).
+_TIE_PARTNER = {"bfloat16": "float16", "float16": "bfloat16", "float32": "float64"}
 
 # A stray full checkpoint beside the shards, as some repos ship `consolidated.safetensors`.
 STRAY_FILE = "consolidated.safetensors"
@@ -53,11 +66,18 @@ class CheckpointPlan:
     doubled: tuple[str, ...] = ()        # split keys also written inside a fused key
     stray_file: bool = False             # an unindexed full checkpoint with other values
     head_in_tied: bool = False           # lm_head.weight written although tied
+    tied_head_equal: bool = False        # ... holding the embedding's values (save_pretrained)
+    empty_shard: bool = False            # one more shard file, with no tensors, unindexed
+    unindexed: tuple[str, ...] = ()      # keys in a shard's header, absent from weight_map
+    phantom: tuple[str, ...] = ()        # keys in weight_map, in no shard's header
+    span_deltas: tuple[tuple[str, int], ...] = ()  # key -> bytes its header span is off by
     # FP8 (spec.fp8_checkpoint: serialized; otherwise the float weights online FP8 sees)
     fp8_scales: tuple[tuple[str, float], ...] = ()   # canonical scale name -> value
     scale_as_vector: bool = False        # scalar scales written with shape [1], not ()
     weight_gain: float = 1.0             # float linear weights multiplied by this
     zero_weights: tuple[str, ...] = ()   # canonical linear weights written all zero
+    zero_rows: tuple[str, ...] = ()      # ... with one inner row zero (per-row scales)
+    amax_spikes: tuple[str, ...] = ()    # ... whose amax is one negative element
     non_finite: tuple[tuple[str, float], ...] = ()  # (canonical name, value at index 0)
 
     # ----- the tensors ----------------------------------------------------------------
@@ -77,8 +97,15 @@ class CheckpointPlan:
         elif self.weight_gain != 1.0:
             for name in quantized:
                 values[name] = (values[name].float() * self.weight_gain).to(values[name].dtype)
+        for name in self.amax_spikes:  # before zero_weights: an all-zero one stays zero
+            spiked = values[name].float().clone()
+            spiked.view(-1)[-1] = -8 * float(spiked.abs().max().clamp(min=1e-3))
+            values[name] = spiked.to(values[name].dtype)
         for name in self.zero_weights:
             values[name] = torch.zeros_like(values[name])
+        for name in self.zero_rows:
+            values[name] = values[name].clone()
+            values[name][len(values[name]) // 2] = 0
         for name, value in self.non_finite:
             bad = values[name].float().reshape(-1)
             bad[0] = value
@@ -89,8 +116,9 @@ class CheckpointPlan:
         """(key, tensor) in the order they are written."""
         tensors = to_checkpoint_tensors(self.spec, self.canonical(), self.fused)
         if self.head_in_tied and self.spec.tie_word_embeddings:
-            tensors["lm_head.weight"] = seeded_tensor(self.data_seed + 7, torch.float32, (
-                self.spec.vocab_size, self.spec.hidden_size)).to(torch_dtype(self.disk_dtype))
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone() \
+                if self.tied_head_equal else seeded_tensor(self.data_seed + 7, torch.float32, (
+                    self.spec.vocab_size, self.spec.hidden_size)).to(torch_dtype(self.disk_dtype))
         for key in self.dropped:
             tensors.pop(key, None)
         for key in self.wrong_shape:
@@ -120,7 +148,17 @@ class CheckpointPlan:
         shards: list[list] = [[] for _ in range(count)]
         for i, item in enumerate(items):  # every shard gets one, then at random
             shards[i if i < count else rng.randrange(count)].append(item)
+        if count > 1:
+            indexed = self._index_defects(shards)
+            if self.empty_shard:
+                shards.append([])  # written like any shard; no key names it
         write_checkpoint(directory, self.spec.to_hf_config(), shards)
+        if count > 1 and (self.unindexed or self.phantom):
+            rewrite_index(directory, indexed)
+        for key, delta in self.span_deltas:
+            files = [f for f in directory.glob("*.safetensors") if key in read_header_keys(f)]
+            for path in files:
+                respan(path, key, delta)
         if self.stray_file and count > 1:
             stray = canonical_tensors(self.spec, self.data_seed + 1,
                                       torch_dtype(self.disk_dtype))
@@ -131,6 +169,15 @@ class CheckpointPlan:
     def _repr_pretty_(self, printer, cycle) -> None:
         """One line in Hypothesis' failing-example report (`repr` keeps every field)."""
         printer.text(f"CheckpointPlan<{self.spec.summary()} | {self.summary()}>")
+
+    def _index_defects(self, shards: list[list]) -> dict[str, str]:
+        """The weight_map to write: `unindexed` keys left out of it; `phantom` keys taken
+        out of their shard (the first shard keeps at least one tensor) and left in it."""
+        weight_map = {key: shard_file_name(i, len(shards) + self.empty_shard)
+                      for i, items in enumerate(shards) for key, _ in items}
+        for items in shards:
+            items[:] = [(k, t) for k, t in items if k not in self.phantom] or items[:1]
+        return {k: f for k, f in weight_map.items() if k not in self.unindexed}
 
     def summary(self) -> str:
         """One readable line: layout, then each defect."""
@@ -144,7 +191,18 @@ class CheckpointPlan:
         if self.stray_file and self.shards > 1:
             parts.append(f"stray {STRAY_FILE}")
         if self.head_in_tied and self.spec.tie_word_embeddings:
-            parts.append("lm_head.weight in a tied checkpoint")
+            parts.append("lm_head.weight in a tied checkpoint" + (
+                " (equal to the embedding)" if self.tied_head_equal else ""))
+        if self.shards > 1 and self.empty_shard:
+            parts.append("an empty shard")
+        if self.shards > 1:
+            for label, keys in (("in a header, not in weight_map", self.unindexed),
+                                ("in weight_map, in no header", self.phantom)):
+                if keys:
+                    parts.append(f"{label}: {', '.join(keys)}")
+        if self.span_deltas:
+            parts.append("header span off: " + ", ".join(f"{k} {d:+d} bytes"
+                                                         for k, d in self.span_deltas))
         if self.fp8_scales:
             values = sorted({v for _, v in self.fp8_scales})
             parts.append(f"{len(self.fp8_scales)} FP8 scales in [{values[0]:.3g}, "
@@ -153,6 +211,10 @@ class CheckpointPlan:
             parts.append(f"linear weights x{self.weight_gain:g}")
         if self.zero_weights:
             parts.append(f"all zero: {', '.join(self.zero_weights)}")
+        if self.zero_rows:
+            parts.append(f"a zero row in: {', '.join(self.zero_rows)}")
+        if self.amax_spikes:
+            parts.append(f"amax in one element of: {', '.join(self.amax_spikes)}")
         if self.non_finite:
             parts.append("non-finite: " + ", ".join(f"{n}[0]={v}" for n, v in self.non_finite))
         return "; ".join(parts)
@@ -160,14 +222,15 @@ class CheckpointPlan:
 
 def canonical_tensors(spec: ModelSpec, seed: int, disk_dtype: torch.dtype
                       ) -> dict[str, torch.Tensor]:
-    """Seeded values per canonical parameter: floats in `disk_dtype`, extras in their own."""
+    """Seeded values per canonical parameter: floats in `disk_dtype` (a quarter of them on
+    rounding ties, `at_rounding_ties`), extras in their own."""
     out = {}
     for i, (name, shape) in enumerate(spec.parameter_shapes().items()):
         dtype = spec.parameter_dtype(name)
         out[name] = seeded_tensor(seed * 1000 + i, torch.float32 if dtype in PLAIN_FLOATS
                                   else dtype, shape)
         if dtype in PLAIN_FLOATS:
-            out[name] = out[name].to(disk_dtype)
+            out[name] = at_rounding_ties(out[name].to(disk_dtype))
     return out
 
 
@@ -192,7 +255,8 @@ def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_
     that `near_miss` writes at least one near-miss key (P14's subject)."""
     fused = draw(st.sampled_from(fused_choices))
     keys = sorted(layout_keys(spec, fused))
-    plan = dict(fused=fused, disk_dtype=draw(st.sampled_from((spec.dtype,) + DTYPES)),
+    plan = dict(fused=fused, disk_dtype=draw(st.sampled_from(
+                    (spec.dtype, _TIE_PARTNER[spec.dtype]) + DTYPES + DISK_ONLY)),
                 shards=draw(st.integers(min(min_shards, max_shards), max_shards)), order_seed=draw(st.integers(0, 2**16)),
                 data_seed=draw(st.integers(0, 2**16)))
     if drop:
@@ -214,8 +278,17 @@ def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_
         plan["extra_keys"] = plan.get("extra_keys", ()) + tuple(
             e for e in chosen if e.key not in keys)
         plan["head_in_tied"] = draw(st.booleans())
+        plan["tied_head_equal"] = draw(st.booleans())  # save_pretrained writes the tied head
+        # lm_head.* beside the head (a bias, a quantization scale): never the head itself
+        head_extra = draw(st.sampled_from(("",) + LM_HEAD_EXTRAS))
+        if head_extra:
+            plan["extra_keys"] += (ExtraKey(head_extra, "float32", (spec.vocab_size,)
+                                            if head_extra.endswith("bias") else ()),)
     if wrong_shape:
         plan["wrong_shape"] = tuple(draw(st.lists(st.sampled_from(keys), max_size=1)))
+        # a header byte span larger or smaller than shape x itemsize (whole or part elements)
+        plan["span_deltas"] = tuple(draw(st.lists(st.tuples(
+            st.sampled_from(keys), st.sampled_from((4, -4, 1, -1))), max_size=1)))
     if wrong_dtype:
         typed = [e.canonical_name for e in spec.extras]
         plan["float_into_int"] = tuple(draw(st.lists(st.sampled_from(typed), max_size=1))) \
@@ -226,4 +299,8 @@ def checkpoint_plans(draw, spec: ModelSpec, *, fused_choices=(False, True), max_
             if other else ()
     if stray:
         plan["stray_file"] = draw(st.booleans())
+        plan["empty_shard"] = draw(st.booleans())
+        index_defect = draw(st.sampled_from(("", "unindexed", "phantom")))
+        if index_defect:
+            plan[index_defect] = (draw(st.sampled_from(keys)),)
     return CheckpointPlan(spec=spec, **plan)

@@ -93,7 +93,8 @@ def online_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp:
                  support: ModelSupport = ModelSupport()) -> LoadCase:
     """A float checkpoint loaded with online FP8 quantization. The linear weights are
     multiplied by a drawn gain; `zero` may make one of them all zero; `non_finite` puts a
-    NaN or Inf into one."""
+    NaN or Inf into one. Any of them may hold a zero row inside non-zero ones, or have
+    its amax in one (negative) element: the corners of per-row scales."""
     base = draw(load_cases(capabilities, device=device, tp=tp, support=support),
                 label="base case")
     weights = base.plan.spec.quantized_weights()
@@ -105,6 +106,11 @@ def online_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp:
     if non_finite:
         plan = replace(plan, non_finite=((draw(st.sampled_from(weights)), draw(
             st.sampled_from([float("nan"), float("inf"), float("-inf")]))),))
+    # drawn last, so the draws above stay those the mutant budgets were measured on
+    plan = replace(plan, zero_rows=tuple(draw(st.lists(st.sampled_from(weights), max_size=2,
+                                                       unique=True), label="zero rows")),
+                   amax_spikes=tuple(draw(st.lists(st.sampled_from(weights), max_size=1),
+                                          label="amax in one element")))
     return LoadCase(plan, replace(base.options, quantize="fp8"))
 
 

@@ -93,7 +93,8 @@ def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bo
                 extras: bool = False, max_layers: int = 2, kv_heads=None,
                 extra_strategy=None, extras_in_layers: bool = False,
                 support: ModelSupport = ModelSupport()) -> ModelSpec:
-    """A tiny decoder that `tp_size` ranks can split (heads, kv heads, I and V divisible).
+    """A tiny decoder that `tp_size` ranks can split (heads, kv heads and I divisible; V
+    too, or one short of it: loaders that pad the vocabulary take it, others refuse it).
     `kv_heads` (a strategy) overrides the draw of num_kv_heads from 1, 2, 4;
     `extras_in_layers` places each extra in a drawn decoder layer (or at the top).
     Only specs inside `support` (the loader's declared model support): a feature it lacks
@@ -122,6 +123,8 @@ def model_specs(draw, *, families=FAMILIES, tp_size: int = 1, meta_submodule: bo
         support.free_head_dim or h // num_heads % 2 == 0)]))
     intermediate_size = tp_size * draw(st.integers(1, 6)) * 2
     num_layers = draw(st.integers(1, max_layers))
+    if tp_size > 1:  # V % tp != 0: vLLM and SGLang pad the vocabulary (vocab_shards)
+        vocab_size -= draw(st.sampled_from((0, 0, 0, 1)))
     head_dim = draw(st.sampled_from([2, 4, 8]))
     if not support.free_head_dim and head_dim != hidden_size // num_heads:
         _left_out("head_dim != hidden/heads")

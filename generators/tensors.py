@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from reference.contract import torch_dtype
 from reference.dtypes import FP8_DTYPES, PLAIN_FLOATS
 
-__all__ = ["tensors", "seeded_tensor", "FP8_CODES"]
+__all__ = ["tensors", "seeded_tensor", "at_rounding_ties", "FP8_CODES"]
 
 FP8_CODES = 256
 
@@ -71,3 +71,38 @@ def seeded_tensor(seed: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torc
     info = torch.iinfo(dtype)
     low, high = max(info.min, -2**62), min(info.max, 2**62)
     return torch.randint(low, high, shape, generator=gen, dtype=torch.int64).to(dtype)
+
+
+def _tie_above_even(values: torch.Tensor, target: torch.dtype) -> torch.Tensor:
+    """The midpoint (float64) between each |value|'s even neighbour in `target` and the odd
+    one just above it: round to nearest even goes down there, any other rounding up."""
+    near = values.abs().to(torch.float32).to(target).view(torch.int16)
+    even = near & ~1
+    low, high = even.view(target).double(), (even + 1).view(target).double()
+    return (low + high) / 2 * values.sign()
+
+
+def at_rounding_ties(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` (a plain float on disk) with every 4th element (from 1) moved onto a
+    rounding tie of the conversions a loader makes from its dtype, so that each way of
+    rounding other than once to nearest even shows: float32 holds exact bfloat16 and
+    float16 ties; float64 holds those ties plus 2^-40 of themselves toward the odd
+    neighbour (torch rounds float64 through float32 and lands on the tie: to even, wrong);
+    float16 holds exact bfloat16 ties; bfloat16 holds float16's subnormal ties."""
+    dtype = tensor.dtype
+    if dtype not in PLAIN_FLOATS or tensor.numel() < 2:
+        return tensor
+    flat = tensor.double().reshape(-1).clone()
+    picked = torch.arange(1, flat.numel(), 4)
+    values = flat[picked]
+    if dtype == torch.bfloat16:  # (4j + 1) * 2^-25: between float16 subnormals 4j and 4j + 2
+        ties = (4 * (picked % 64) + 1).double() * 2.0**-25 * torch.where(values < 0, -1.0, 1.0)
+    else:
+        targets = [torch.bfloat16] if dtype == torch.float16 else [torch.bfloat16, torch.float16]
+        ties = torch.where(picked % 8 == 1, _tie_above_even(values, targets[0]),
+                           _tie_above_even(values, targets[-1]))
+        if dtype == torch.float64:
+            ties = ties + ties * 2.0**-40
+    exact = (ties.to(dtype).double() == ties) & ties.isfinite() & (values != 0)
+    flat[picked] = torch.where(exact, ties, values)
+    return flat.to(dtype).reshape(tensor.shape)

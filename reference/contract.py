@@ -43,7 +43,8 @@ CAPABILITIES: Mapping[str, str] = {
     "meta_submodule": "models with an extra submodule built on meta (model.resampler.*)",
     "extras": "models with extra parameters of any dtype (model.extras.*: int, bool, FP8)",
     "track": "reports missing weights exactly, and raises when tracking is on",
-    "strict": "raises on unexpected checkpoint keys when strict is on",
+    "strict": "with strict on, raises on missing weights and on unexpected checkpoint keys "
+              "(torch's load_state_dict(strict=True); see the strict_scope variant)",
     "poison": "fills every allocation with the poison pattern before loading",
     "forward": "computes logits of the tiny decoder",
     "finite_check": "with check_finite on, refuses NaN / Inf in float tensors, naming the key",
@@ -82,6 +83,10 @@ VARIANTS: Mapping[str, tuple[str, ...]] = {
     # Unexpected keys without strict: reported (transformers), or always an error
     # (vLLM's load_weights looks every name up in params_dict).
     "unexpected_keys": ("report", "raise"),
+    # What strict raises on: missing weights and unexpected keys, as torch's
+    # load_state_dict(strict=True) and the libraries that copy it, or "unexpected" only,
+    # for a loader that documents a strict of that scope.
+    "strict_scope": ("missing_and_unexpected", "unexpected"),
     # ----- FP8 (semantics section 4; reference/fp8.py implements every value) ------------
     # The online quantization unit: the fused q/k/v and gate/up parameter as one tensor
     # (vLLM), each checkpoint tensor (HF, torchao: a module of the checkpoint's layout), or
@@ -116,6 +121,11 @@ VARIANTS = {**VARIANTS,
     # (compressed-tensors' initialize_qparams), which rounds a float32 checkpoint scale
     # (bfloat16 keeps 8 bits; float16 flushes scales below 2^-24 to zero).
     "fp8_scale_storage": ("float32", "weight"),
+    # What an error about one checkpoint tensor (a shape or dtype mismatch, non-finite
+    # values) names as its `subject`: the checkpoint key (`...self_attn.qkv_proj.weight`),
+    # or "canonical": the parameter it feeds (`...self_attn.q_proj.weight`; any part of a
+    # fused key), as loaders that report the model's own parameter names do.
+    "error_subject": ("key", "canonical"),
     # The vocabulary rows of a TP rank (embed_tokens, lm_head): V / tp each ("even"), or
     # "padded64": V padded to a multiple of 64 and the padded range split evenly, each
     # rank holding the real rows of its part (vLLM's and SGLang's VocabParallelEmbedding:
@@ -486,21 +496,32 @@ class LoadResult:
 
 # ----- errors --------------------------------------------------------------------------
 class LoadError(Exception):
-    """Base of the error family. `subject` is the tensor or file the error is about.
+    """Base of the error family. `subject` is the tensor or file the error is about (the
+    checkpoint key, or the canonical name under `error_subject: canonical`, for a shape,
+    dtype or non-finite error); `names`, for a missing-weights or unexpected-keys error,
+    is every name it is about (canonical names, checkpoint keys). The suite compares both
+    with the reference's, when the candidate's error gives them (None / empty: not named).
 
     `alternatives` lists the other families that the same input also deserves (a
     checkpoint with a wrong shape *and* an unexpected key): a candidate that raises any
     of them agrees with the reference, since which problem is met first depends on the
-    order tensors arrive in.
+    order tensors arrive in. The reference's errors also carry `accepted_subjects` and
+    `accepted_names` (family -> what each of those problems names).
     """
 
     family: ClassVar[str] = "load_error"
 
     def __init__(self, message: str, *, subject: str | None = None,
-                 alternatives: frozenset[str] = frozenset()) -> None:
+                 alternatives: frozenset[str] = frozenset(),
+                 names: frozenset[str] = frozenset()) -> None:
         super().__init__(message)
         self.subject = subject
+        self.names = frozenset(names)
         self.alternatives = frozenset(alternatives) | {self.family}
+        self.accepted_subjects: dict[str, frozenset[str]] = {
+            self.family: frozenset({subject})} if subject is not None else {}
+        self.accepted_names: dict[str, frozenset[str]] = {
+            self.family: self.names} if self.names else {}
 
 
 class ShapeMismatchError(LoadError):

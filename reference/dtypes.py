@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["SAFETENSORS_CODES", "DTYPE_OF_CODE", "PLAIN_FLOATS", "FP8_DTYPES",
-           "dtype_class", "can_cast", "poison_", "poison_mask", "copy_bytes_", "clone_bytes"]
+           "dtype_class", "can_cast", "cast_float", "poison_", "poison_mask", "copy_bytes_",
+           "clone_bytes"]
 
 # safetensors dtype code <-> torch dtype, for every dtype both sides know.
 SAFETENSORS_CODES: dict[torch.dtype, str] = {
@@ -42,6 +43,29 @@ def dtype_class(dtype: torch.dtype) -> str:
 def can_cast(source: torch.dtype, target: torch.dtype) -> bool:
     """Plain floats cast to plain floats (round to nearest even); others keep their dtype."""
     return source == target or (source in PLAIN_FLOATS and target in PLAIN_FLOATS)
+
+
+def _float32_round_to_odd(source: torch.Tensor) -> torch.Tensor:
+    """float64 -> float32 rounded to odd: an inexact result takes the neighbour whose last
+    bit is 1. float32 keeps at least two more bits than bfloat16 or float16 (in every
+    exponent range either can reach), so rounding this to nearest even once more gives
+    exactly the nearest-even rounding of the float64 value: the round-to-odd theorem."""
+    nearest = source.to(torch.float32)
+    back = nearest.to(torch.float64)
+    inexact = (back != source) & source.isfinite() & nearest.isfinite()
+    even = (nearest.view(torch.int32) & 1) == 0
+    toward = torch.where(source > back, torch.inf, -torch.inf).to(torch.float32)
+    return torch.where(inexact & even, torch.nextafter(nearest, toward), nearest)
+
+
+def cast_float(source: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`source` in plain-float `dtype`, rounded once to nearest even. torch's own float64 ->
+    bfloat16 / float16 conversion goes through float32 and rounds twice: 1 + 2^-8 + 2^-30
+    becomes 1.0 in bfloat16 where one rounding gives 1.0078125. Every other pair of plain
+    floats converts exactly into float32 first, so torch's conversion is already exact."""
+    if source.dtype == torch.float64 and dtype in (torch.bfloat16, torch.float16):
+        return _float32_round_to_odd(source).to(dtype)
+    return source.to(dtype)
 
 
 # Poison: all-ones bytes are a NaN in every float and FP8 format and -1 / max in the

@@ -21,7 +21,7 @@ from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, per_family, variants
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
-from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast
+from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast, cast_float
 from .filemap import map_concatenated
 from .fp8 import Fp8Rules, input_scale_name, quantize_groups, requantize_to_max, scale_name
 from .model import TinyDecoderLM
@@ -64,6 +64,12 @@ class LoadPlan:
         ranked = sorted(self.problems, key=lambda e: (_PRECEDENCE.index(e.family), str(e)))
         first = ranked[0]
         first.alternatives = frozenset(e.family for e in ranked)
+        for family in first.alternatives:  # what any problem of each family names
+            of_family = [e for e in ranked if e.family == family]
+            first.accepted_subjects[family] = frozenset().union(
+                *(e.accepted_subjects.get(family, ()) for e in of_family))
+            if any(e.names for e in of_family):
+                first.accepted_names[family] = frozenset().union(*(e.names for e in of_family))
         raise first
 
 
@@ -120,7 +126,7 @@ class ReferenceLoader:
         if per_family(self.declared_variants) and self._family != spec.family:
             with self.family_variants(spec.family):
                 return self.load(checkpoint, spec, options)
-        check_tp(spec, options.tp_size)
+        check_tp(spec, options.tp_size, self.variants["vocab_shards"])
         if options.quantize and spec.fp8_checkpoint:
             raise UnsupportedLayoutError(
                 f"online {options.quantize} quantization of a checkpoint that is already "
@@ -193,8 +199,14 @@ class ReferenceLoader:
         if live is None or live.spec != spec:
             raise UnsupportedLayoutError("reload needs the live model of a load of the same "
                                          "spec", subject="reload")
+        # a reload of some layers lacks the others by design: strict keeps its unexpected
+        # keys, never its missing weights
         staged = self.load(checkpoint, spec, replace(options, track=False, poison=False,
-                                                     meta_init=False))
+                                                     meta_init=False, strict=False))
+        if options.strict and staged.unexpected:
+            names = sorted(staged.unexpected)
+            raise UnexpectedKeysError(f"unexpected checkpoint keys: {', '.join(names)}",
+                                      subject=names[0], names=frozenset(names))
         covered = set(staged.loaded)
         for name in list(covered):
             if name + "_scale" in staged.state and live.dtypes.get(name) in FP8_DTYPES:
@@ -267,16 +279,16 @@ class ReferenceLoader:
                     plan.tied_head = entry  # untie or not, once its values are read
                 continue
             if entry.shape != target.shape and not (target.shape == () and entry.shape == (1,)):
-                plan.problems.append(ShapeMismatchError(
+                plan.problems.append(self.about_tensor(ShapeMismatchError(
                     f"{key}: expected shape {list(target.shape)}, checkpoint has "
-                    f"{list(entry.shape)}", subject=key))
+                    f"{list(entry.shape)}", subject=key), target))
                 continue
             param_dtype = spec.parameter_dtype(target.slots[0].canonical, options.dtype)
             if not self.accepts_dtype(entry.dtype, param_dtype):
-                plan.problems.append(UnsupportedDtypeError(
+                plan.problems.append(self.about_tensor(UnsupportedDtypeError(
                     f"{key}: checkpoint dtype {entry.dtype} cannot load into a {param_dtype} "
                     f"parameter (only plain floats convert; int, bool and FP8 keep their "
-                    f"dtype)", subject=key))
+                    f"dtype)", subject=key), target))
                 continue
             for slot in target.slots:
                 if slot.canonical in covered_by:
@@ -292,13 +304,24 @@ class ReferenceLoader:
         if plan.unexpected and (options.strict or self.variants["unexpected_keys"] == "raise"):
             names = sorted(plan.unexpected)
             plan.problems.append(UnexpectedKeysError(
-                f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0]))
-        if plan.missing and options.track:
+                f"unexpected checkpoint keys: {', '.join(names)}", subject=names[0],
+                names=frozenset(names)))
+        strict_missing = options.strict and self.variants["strict_scope"] != "unexpected"
+        if plan.missing and (options.track or strict_missing):
             names = sorted(plan.missing)
             plan.problems.append(MissingWeightsError(
                 f"weights not initialized from the checkpoint: {', '.join(names)}",
-                subject=names[0]))
+                subject=names[0], names=frozenset(names)))
         return plan
+
+    def about_tensor(self, error: LoadError, target: KeyTarget | str) -> LoadError:
+        """An error about one checkpoint tensor, named as `error_subject` declares: its
+        key (as raised), or the canonical parameter(s) it feeds (any part of a fused key)."""
+        if self.variants["error_subject"] == "canonical":
+            names = [target] if isinstance(target, str) else [s.canonical for s in target.slots]
+            error.subject = names[0]
+            error.accepted_subjects[error.family] = frozenset(names)
+        return error
 
     def _embedding_from_head(self, spec: ModelSpec, entries: Mapping[str, TensorEntry],
                              plan: LoadPlan, covered_by: dict[str, str]) -> None:
@@ -323,7 +346,7 @@ class ReferenceLoader:
         embedding = model.canonical_views()["model.embed_tokens.weight"]
         piece = self.rank_slice(spec, TIED_HEAD_KEY, options)
         rows = (piece.start, piece.stop) if piece is not None else None
-        head = ckpt.read(plan.tied_head, rows).to(embedding.dtype)
+        head = cast_float(ckpt.read(plan.tied_head, rows), embedding.dtype)
         width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[head.itemsize]
         if torch.equal(head.view(width), embedding.cpu().contiguous().view(width)):
             plan.ignored.add(TIED_HEAD_KEY)
@@ -401,7 +424,7 @@ class ReferenceLoader:
         """Read one slot of one checkpoint tensor, narrowed to this rank, into `dest`."""
         entry = copy.entry
         if not dest.dim():  # a scalar scale, stored as () or [1]
-            dest.copy_(ckpt.read(entry).reshape(()))
+            dest.copy_(cast_float(ckpt.read(entry).reshape(()), dest.dtype))
             return
         piece, rows = self._rows(copy, spec, options)
         if (piece is None or piece.dim == 0) and entry.dtype == dest.dtype \
@@ -411,7 +434,8 @@ class ReferenceLoader:
         source = ckpt.read(entry, rows)
         if piece is not None and piece.dim == 1:
             source = source[:, piece.start:piece.stop]
-        dest.copy_(source)  # float -> float rounds to nearest even, as Tensor.to does
+        # float -> float rounds once to nearest even (torch's float64 -> bf16 / f16 rounds twice)
+        dest.copy_(cast_float(source, dest.dtype) if source.dtype in PLAIN_FLOATS else source)
 
     def check_finite(self, plan: LoadPlan, state: Mapping[str, torch.Tensor]) -> None:
         """NaN / Inf in a loaded float tensor is bad input (a corrupt shard loads silently
@@ -422,10 +446,10 @@ class ReferenceLoader:
                 bad = ~torch.isfinite(tensor.float())  # FP8: the NaN codes 0x7f, 0xff
                 if bool(bad.any()):
                     index = [int(i) for i in bad.nonzero()[0]]
-                    raise NonFiniteInputError(
+                    raise self.about_tensor(NonFiniteInputError(
                         f"{copy.entry.key} ({copy.entry.file}): {int(bad.sum())} non-finite "
                         f"values, first at {index} of {copy.slot.canonical}",
-                        subject=copy.entry.key)
+                        subject=copy.entry.key), copy.slot.canonical)
 
     def requantize_serialized(self, views: Mapping[str, torch.Tensor], spec: ModelSpec,
                               loaded: set[str]) -> None:

@@ -32,13 +32,16 @@ class RankSlice:
     stop: int
 
 
-def check_tp(spec: ModelSpec, tp_size: int) -> None:
-    """Refuse a tp_size the spec cannot be split by, naming the dimension."""
+def check_tp(spec: ModelSpec, tp_size: int, vocab_shards: str = "even") -> None:
+    """Refuse a tp_size the spec cannot be split by, naming the dimension. Under
+    `vocab_shards=padded64` any vocabulary splits (the padding absorbs the remainder)."""
     problems = []
     if tp_size not in (1, 2, 4, 8):
         problems.append(f"tp_size={tp_size} is not a power of two up to 8")
-    for what, value in (("num_heads", spec.num_heads), ("intermediate_size",
-                        spec.intermediate_size), ("vocab_size", spec.vocab_size)):
+    dims = [("num_heads", spec.num_heads), ("intermediate_size", spec.intermediate_size)]
+    if vocab_shards == "even":
+        dims.append(("vocab_size", spec.vocab_size))
+    for what, value in dims:
         if value % tp_size:
             problems.append(f"{what}={value} is not divisible by tp_size={tp_size}")
     kv = spec.num_kv_heads
@@ -99,19 +102,20 @@ def rank_shapes(spec: ModelSpec, tp_size: int, rank: int, vocab_shards: str = "e
     return shapes
 
 
-def gather_ranks(spec: ModelSpec, states: Sequence[Mapping[str, torch.Tensor]]
-                 ) -> dict[str, torch.Tensor]:
-    """Reassemble the tp_size=1 state from every rank's state (in rank order)."""
+def gather_ranks(spec: ModelSpec, states: Sequence[Mapping[str, torch.Tensor]],
+                 vocab_shards: str = "even") -> dict[str, torch.Tensor]:
+    """Reassemble the tp_size=1 state from every rank's state (in rank order), each rank
+    split under the `vocab_shards` variant."""
     tp_size = len(states)
     full = {}
     for name in states[0]:
-        first = rank_slice(spec, name, tp_size, 0)
+        first = rank_slice(spec, name, tp_size, 0, vocab_shards)
         if first is None:
             full[name] = states[0][name]
             continue
         seen, pieces = set(), []
         for rank, state in enumerate(states):
-            piece = rank_slice(spec, name, tp_size, rank)
+            piece = rank_slice(spec, name, tp_size, rank, vocab_shards)
             if (piece.start, piece.stop) not in seen:  # replicated kv heads: keep one copy
                 seen.add((piece.start, piece.stop))
                 pieces.append(state[name])

@@ -73,6 +73,7 @@ FINDINGS = {
     "accepted": "loaded a checkpoint the reference refuses",
     "refused": "raised where the reference loads",
     "error_family": "raised another error family",
+    "error_subject": "raised the right error family about another tensor, key or name set",
     "exception": "raised an exception outside the error families (unhandled: a crash)",
     "unpickled": "unpickled a checkpoint file",
     "crash": "the process died",

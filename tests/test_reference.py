@@ -392,6 +392,42 @@ def test_float32_on_disk_rounds_to_nearest_even(tmp_path, target, how, fused_par
             f"{HALFWAY[target]} -> {got}, expected {EXPECTED_HALFWAY[target]}")
 
 
+# float64 just past a bf16 / fp16 tie: one rounding goes up, float64 -> float32 -> target
+# lands on the tie first and rounds to even (down). Then float16 ties into bfloat16 and
+# bfloat16 values at float16's subnormal ties.
+ONE_ROUNDING = {
+    ("float64", torch.bfloat16): ([1 + 2**-8 + 2**-30, -(1 + 2**-8 + 2**-30), 1 + 2**-8],
+                                  [1 + 2**-7, -(1 + 2**-7), 1.0]),
+    ("float64", torch.float16): ([1 + 2**-11 + 2**-40, 2**-24 * (2.5 + 2**-30), 1 + 2**-11],
+                                 [1 + 2**-10, 2**-24 * 3, 1.0]),
+    ("float16", torch.bfloat16): ([1 + 2**-8, 1 + 3 * 2**-8, 3 * 2**-9 + 2**-16],
+                                  [1.0, 1 + 2**-6, 3 * 2**-9]),
+    ("bfloat16", torch.float16): ([2**-24 * 2.5, 2**-24 * 3.5, 2**-24 * 0.5, 65536.0],
+                                  [2**-24 * 2, 2**-24 * 4, 0.0, float("inf")]),
+}
+
+
+@pytest.mark.parametrize("disk, target", list(ONE_ROUNDING), ids=lambda v: str(v).split(".")[-1])
+def test_float_casts_round_once_to_nearest_even(tmp_path, disk, target):
+    """Issue 14: a float64 checkpoint value loads as its one nearest-even rounding (torch's
+    own conversion rounds through float32: 1 + 2^-8 + 2^-30 became 1.0, not 1.0078125), and
+    float16 <-> bfloat16 ties go to even, in plain and fused keys alike."""
+    values, expected = ONE_ROUNDING[(disk, target)]
+    name = str(target).split(".")[1]
+    spec = ModelSpec(dtype=name)
+    tensors = {n: t.to(getattr(torch, disk)) for n, t in canonical(spec, seed=9).items()}
+    special = torch.tensor(values, dtype=torch.float64).to(getattr(torch, disk))
+    assert special.tolist() == values, f"{values} are not exact in {disk}"
+    for key in ("model.embed_tokens.weight", f"{L0}.self_attn.k_proj.weight"):
+        tensors[key].view(-1)[:len(special)] = special
+    path = write(tmp_path / "c", spec, fused_checkpoint_by_hand(spec, tensors))
+    result = load(path, spec)
+    for key in ("model.embed_tokens.weight", f"{L0}.self_attn.k_proj.weight"):
+        got = result.state[key].reshape(-1)[:len(special)].double().tolist()
+        assert got == expected, (f"dtypes: {disk} {values} ({key}) loads into {name} as "
+                                 f"{got}; one rounding to nearest even gives {expected}")
+
+
 EXTRAS = (ExtraParam("packed", "int32", (2, 3)), ExtraParam("mask", "bool", (5,)),
           ExtraParam("fp8_codes", "float8_e4m3fn", (256,)),
           ExtraParam("fp8_e5", "float8_e5m2", (16, 16)), ExtraParam("zero", "uint8", ()),
@@ -464,6 +500,29 @@ def test_shape_mismatch_of_a_fused_key(tmp_path):
     err = raises(ShapeMismatchError, lambda: load(write(tmp_path / "c", GQA, disk), GQA))
     assert key in str(err) and "[16, 16]" in str(err) and "[17, 16]" in str(err), \
         f"shape mismatch of a fused key names it and both shapes: {err}"
+
+
+def test_error_subjects_follow_the_declared_variant(tmp_path):
+    """Issue 14: a tensor error names the checkpoint key, or under error_subject=canonical
+    the parameters it feeds (any part of a fused key); the raised error carries what every
+    problem of each family names, and a missing-weights error every missing name."""
+    tensors = canonical(GQA)
+    disk = fused_checkpoint_by_hand(GQA, tensors)
+    key = f"{L0}.mlp.gate_up_proj.weight"
+    disk[key] = torch.zeros(17, 16)
+    disk.pop("model.norm.weight")
+    disk.pop(f"{L0}.input_layernorm.weight")
+    path = write(tmp_path / "c", GQA, disk)
+    err = raises(ShapeMismatchError, lambda: load(path, GQA, track=True))
+    assert err.subject == key and err.accepted_subjects["shape_mismatch"] == {key}, \
+        f"key variant: {err.subject}, {err.accepted_subjects}"
+    parts = {f"{L0}.mlp.gate_proj.weight", f"{L0}.mlp.up_proj.weight"}  # not loaded either
+    missing = {"model.norm.weight", f"{L0}.input_layernorm.weight"} | parts
+    assert err.accepted_names["missing"] == missing, err.accepted_names
+    loader = ReferenceLoader(variants={"error_subject": "canonical"})
+    err = raises(ShapeMismatchError, lambda: load(path, GQA, loader, track=True))
+    assert err.subject in parts and err.accepted_subjects["shape_mismatch"] == parts, \
+        f"canonical variant: {err.subject}, {err.accepted_subjects}"
 
 
 def _with_extra_key(tmp_path):

@@ -18,13 +18,14 @@ from reference.dtypes import dtype_class
 
 ALL = frozenset(CAPABILITIES)
 CORNER_BUDGET = 25  # examples; the pr profile runs 100
+PR_BUDGET = 100  # issue 14's corners: reached within what a pr run draws
 
 
-def reached(strategy, features) -> Counter:
-    """Run `strategy` for the pr budget, derandomized, and count the features it shows."""
+def reached(strategy, features, budget: int = CORNER_BUDGET) -> Counter:
+    """Run `strategy` for `budget` examples, derandomized, and count the features it shows."""
     seen: Counter = Counter()
 
-    @settings(max_examples=CORNER_BUDGET, derandomize=True, database=None, deadline=None)
+    @settings(max_examples=budget, derandomize=True, database=None, deadline=None)
     @given(strategy)
     def collect(case):
         for name, present in features(case).items():
@@ -61,6 +62,25 @@ def test_loading_cases_reach_every_layout_and_dtype_class():
     assert not missing, f"not reached within {CORNER_BUDGET} examples: {missing}; seen {dict(seen)}"
 
 
+def test_loading_cases_reach_every_cast_with_its_own_ties():
+    """float64 into the halves (rounds twice through float32 in torch), and float16 and
+    bfloat16 into each other; the data holds those casts' ties (at_rounding_ties)."""
+    def casts(case):
+        pair = (case.plan.disk_dtype, case.options.dtype or case.plan.spec.dtype)
+        return {"float64 into bf16/fp16": pair in (("float64", "bfloat16"), ("float64", "float16")),
+                "float64 into float32": pair == ("float64", "float32"),
+                "float16 into bf16": pair == ("float16", "bfloat16"),
+                "bf16 into float16": pair == ("bfloat16", "float16")}
+    seen = reached(load_cases(ALL, tp=True, extras=True, dtype_override=True), casts, PR_BUDGET)
+    assert len(seen) == 4, f"not reached within {PR_BUDGET} examples; seen {dict(seen)}"
+
+
+def test_tp_cases_reach_a_vocabulary_the_split_must_pad():
+    seen = reached(load_cases(ALL, tp=True, extras=True, dtype_override=True), lambda c: {
+        "V % tp != 0": c.plan.spec.vocab_size % c.options.tp_size != 0}, PR_BUDGET)
+    assert seen["V % tp != 0"], seen
+
+
 def test_tracking_cases_reach_a_single_missing_bias():
     def features(case):
         dropped = case.plan.dropped
@@ -89,6 +109,42 @@ def test_tying_and_sharding_cases_reach_their_defects():
     sharding = reached(load_cases(ALL, stray=True, min_shards=2), lambda c: {
         "stray file": c.plan.stray_file and c.plan.shards > 1})
     assert sharding["stray file"], sharding
+
+
+def test_checkpoint_corners_of_real_checkpoints_are_reached():
+    """Issue 14: what save_pretrained and real shard sets hold, within the pr budget."""
+    def tying(c):
+        tied, extras = c.plan.spec.tie_word_embeddings, [e.key for e in c.plan.extra_keys]
+        return {"tied head equal to the embedding": tied and c.plan.head_in_tied
+                and c.plan.tied_head_equal,
+                "tied head differing": tied and c.plan.head_in_tied and not c.plan.tied_head_equal,
+                "lm_head.bias in a tied model": tied and "lm_head.bias" in extras,
+                "lm_head.weight_scale in a tied model": tied and "lm_head.weight_scale" in extras}
+    seen = reached(load_cases(ALL, extra_keys=True, drop=True), tying, PR_BUDGET)
+    assert len(seen) == 4, seen
+
+    def sharding(c):
+        many = c.plan.shards > 1
+        return {"> 2 shards": c.plan.shards > 2, "an empty shard": many and c.plan.empty_shard,
+                "in a header, not in weight_map": many and bool(c.plan.unindexed),
+                "in weight_map, in no header": many and bool(c.plan.phantom)}
+    seen = reached(load_cases(ALL, stray=True, min_shards=2), sharding, PR_BUDGET)
+    assert len(seen) == 4, seen
+
+    def spans(c):
+        deltas = [d for _, d in c.plan.span_deltas]
+        return {"span larger than shape x itemsize": any(d > 0 for d in deltas),
+                "span smaller": any(d < 0 for d in deltas),
+                "span off by part of an element": any(abs(d) == 1 for d in deltas)}
+    seen = reached(load_cases(ALL, wrong_shape=True, tp=True), spans, PR_BUDGET)
+    assert len(seen) == 3, seen
+
+
+def test_online_fp8_cases_reach_the_corners_of_per_row_scales():
+    seen = reached(online_cases(ALL, tp=True), lambda c: {
+        "zero row in a non-zero weight": bool(c.plan.zero_rows) and c.plan.weight_gain != 0,
+        "amax in one element": bool(c.plan.amax_spikes)}, PR_BUDGET)
+    assert len(seen) == 2, seen
 
 
 def test_meta_cases_reach_meta_submodule_and_meta_init_in_low_precision():

@@ -403,7 +403,7 @@ class TorchaoFp8Loader:
             names = sorted(unexpected)
             problems.append(UnexpectedKeysError(f"unexpected checkpoint keys: "
                                                 f"{', '.join(names)}", subject=names[0]))
-        if missing and options.track:
+        if missing and (options.track or options.strict):  # strict: torch's, both ways
             names = sorted(missing)
             problems.append(MissingWeightsError(f"weights not initialized from the "
                                                 f"checkpoint: {', '.join(names)}",

@@ -11,8 +11,8 @@ Translation only:
   `qkv_proj` / `gate_up_proj` stand for their logical matrices) and `unexpected` (the keys
   transformers reports, as it reports them);
 - `track` / `strict`: transformers has no option that raises on missing or unexpected
-  keys; its users read the loading report. The adapter raises MissingWeightsError /
-  UnexpectedKeysError when the *report* lists something and the option is on, so the
+  keys; its users read the loading report. The adapter raises MissingWeightsError (track
+  or strict) / UnexpectedKeysError (strict) when the *report* lists something, so the
   properties check the report transformers produces;
 - exceptions -> the error family: transformers' mismatched-size RuntimeError ->
   ShapeMismatchError; safetensors / JSON / absent-file errors -> CorruptCheckpointError.
@@ -104,7 +104,7 @@ class TransformersLoader:
             names = sorted(unexpected)
             raise UnexpectedKeysError(f"transformers reports unexpected keys: {names}",
                                       subject=names[0])
-        if options.track and missing:
+        if (options.track or options.strict) and missing:  # strict: torch's, both ways
             names = sorted(missing)
             raise MissingWeightsError(f"transformers reports missing keys: {names}",
                                       subject=names[0])

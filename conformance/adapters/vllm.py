@@ -276,8 +276,10 @@ class VllmLoader:
             dtype=options.dtype or spec.dtype, enforce_eager=True, seed=0,
             quantization=options.quantize)
         load_config = LoadConfig(load_format="safetensors",
+                                 # vLLM's tracking is its strict check on missing weights
                                  model_loader_extra_config={"enable_weights_track":
-                                                            bool(options.track)})
+                                                            bool(options.track or
+                                                                 options.strict)})
         vllm_config = VllmConfig(model_config=model_config, load_config=load_config,
                                  device_config=DeviceConfig("cpu"),
                                  parallel_config=ParallelConfig(
