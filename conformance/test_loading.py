@@ -104,6 +104,18 @@ def test_dtype_rules(data):
 
 @pytest.mark.requires("load")
 @given(data=st.data())
+def test_float_casts_round_once(data):
+    """Every float conversion (float64, float32, bfloat16, float16 on disk into each float
+    parameter dtype) rounds once to nearest even, its ties included: every disk dtype is
+    drawn as often (`casts`), so each conversion is met within a few examples."""
+    run = current()
+    case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extras=True,
+                                wrong_dtype=True, dtype_override=True, casts=True), label="case")
+    check_case(case, "dtype rules")
+
+
+@pytest.mark.requires("load")
+@given(data=st.data())
 def test_shape_mismatch_is_an_error(data):
     """A tensor whose shape differs from its parameter's is an error naming the key."""
     run = current()

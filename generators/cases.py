@@ -33,7 +33,7 @@ def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: b
                meta: bool = False, extras: bool = False, drop: bool = False,
                extra_keys: bool = False, near_miss: bool = False, wrong_shape: bool = False, wrong_dtype: bool = False,
                doubled: bool = False, stray: bool = False, min_shards: int = 1, strict=None, track=None,
-               dtype_override: bool = False, extra_strategy=None,
+               dtype_override: bool = False, extra_strategy=None, casts: bool = False,
                support: ModelSupport = ModelSupport()) -> LoadCase:
     """A case within `capabilities`. The keyword flags say which features and defects the
     property wants; `strict` / `track` force those options (None: drawn when claimed);
@@ -48,7 +48,7 @@ def load_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: b
         spec, fused_choices=(native, not native) if can("fused_on_disk") else (native,),
         max_shards=4 if can("sharded") else 1, min_shards=min_shards, drop=drop, extra=extra_keys, near_miss=near_miss,
         wrong_shape=wrong_shape, wrong_dtype=wrong_dtype and can("extras"),
-        doubled=doubled and can("fused_on_disk"), stray=stray and can("sharded")))
+        doubled=doubled and can("fused_on_disk"), stray=stray and can("sharded"), casts=casts))
 
     def flag(name: str, forced) -> bool:
         if forced is not None:
