@@ -115,6 +115,12 @@ def rerun_command(nodeid: str | None = None, divergences=None) -> str:
         parts.append(f"--device={run.device}")
     if run.baseline is not None:  # known divergences pass, so the search goes where it went
         parts.append(f"--baseline={run.baseline.path}")
+    return _as_invoked(parts)
+
+
+def _as_invoked(parts: list[str]) -> str:
+    """A command line runnable as printed from the working directory: the PYTHONPATH this
+    run had (where an out-of-tree adapter lives), then `parts`, shell-quoted."""
     pythonpath = os.environ.get("PYTHONPATH")
     prefix = f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else ""
     return prefix + " ".join(shlex.quote(p) for p in parts)
@@ -335,12 +341,9 @@ def fail_on(divergences: list[Divergence], prop: str, case,
                 "property": prop, "loader": run.loader_name, "spec": case.plan.spec.to_dict(),
                 "options": vars(case.options)}, indent=1))
             record.repro_checkpoint = str(target)
-            pythonpath = os.environ.get("PYTHONPATH")
-            record.repro_command = (
-                (f"PYTHONPATH={shlex.quote(pythonpath)} " if pythonpath else "")
-                + f"{shlex.quote(_from_here(Path(sys.executable)))} -m conformance.repro "
-                f"{shlex.quote(str(target))} --loader {shlex.quote(run.loader_name)}"
-                + _replay_options(divergences))
+            record.repro_command = _as_invoked(
+                [_from_here(Path(sys.executable)), "-m", "conformance.repro", str(target),
+                 "--loader", run.loader_name]) + _replay_options(divergences)
         run.records.write(record.to_json())
     raise failure_type(divergences[0].finding)(message)
 

@@ -17,7 +17,7 @@ import torch
 
 from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
-from .contract import (CAPABILITIES, CONFIG_FILE, VARIANTS, per_family, variants_for, CorruptCheckpointError, LoadError, LoadOptions,
+from .contract import (CAPABILITIES, CONFIG_FILE, per_family, variants_for, CorruptCheckpointError, LoadError, LoadOptions,
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
@@ -29,9 +29,7 @@ from .offload import PrefetchOffloader
 from .names import FUSED_PROJECTIONS, TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
 from .tp import RankSlice, check_tp, rank_slice
 
-__all__ = ["ReferenceLoader", "LoadPlan", "Copy", "DEFAULT_VARIANTS"]
-
-DEFAULT_VARIANTS: Mapping[str, str] = {name: values[0] for name, values in VARIANTS.items()}
+__all__ = ["ReferenceLoader", "LoadPlan", "Copy"]
 
 # Which problem is raised first when a checkpoint has several (the rest become
 # alternatives): the checkpoint's own validity, then what keys mean, then per-tensor

@@ -57,7 +57,7 @@ import torch
 
 from reference.contract import (CorruptCheckpointError, LoadOptions, LoadResult,
                                 MissingWeightsError, ModelSpec, ShapeMismatchError,
-                                UnexpectedKeysError, UnsafeCheckpointError,
+                                UnexpectedKeysError,
                                 UnsupportedDtypeError, UnsupportedLayoutError)
 
 __all__ = ["VllmLoader", "VllmFp8Loader", "loader", "fp8_loader", "make_loader"]
