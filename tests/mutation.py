@@ -44,6 +44,9 @@ def run_suite(loader: str, selection: str = "conformance", *extra: str,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         str(p) for p in (ROOT, pythonpath) if p is not None)}
     env.pop("PYTEST_XDIST_WORKER", None)
+    # pytest fits summary lines to COLUMNS: a fixed width keeps the output a test reads
+    # the same on a wide CI terminal as here
+    env["COLUMNS"] = "80"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", selection, "--loader", loader, "-p", "no:cacheprovider",
          "-p", "no:randomly", "-q", "--records", str(records), "--hypothesis-profile=pr", *extra],
