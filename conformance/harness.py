@@ -22,7 +22,7 @@ from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import fused_gate_up_rows, fused_qkv_rows, layout_keys
 from reference.tp import rank_slice
-from .baseline import divergence_key, short_test, signature
+from .baseline import case_features, divergence_key, short_test, signature
 from .repro import CASE_FILE, save_checkpoint
 from reports.schema import DivergenceRecord, Source, TPSlice, worst
 from .compare import (Divergence, Outcome, Where, compare_outcomes, compare_states,
@@ -286,7 +286,7 @@ def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> Non
         run.records.write({
             "type": "divergence", "stage": "collected", "property": prop, "test": nodeid,
             "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
-            "severity": worst(d.severity for d in unseen),
+            "features": case_features(case), "severity": worst(d.severity for d in unseen),
             "signature": signature(nodeid, [d.to_json() for d in unseen]),
             "divergences": [d.to_json() for d in unseen]})
 
@@ -303,7 +303,7 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     run, nodeid = current(), _nodeid()
     known: dict[str, list[Divergence]] = {}
     if run.baseline is not None:
-        known, divergences = run.baseline.split(nodeid, divergences)
+        known, divergences = run.baseline.split(nodeid, divergences, case_features(case))
         _record_known(known, prop, case, nodeid)
         if not divergences:
             return
