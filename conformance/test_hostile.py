@@ -14,6 +14,7 @@ from hypothesis import given, strategies as st
 
 from generators.cases import LoadCase
 from generators.hostile import BASE_SPEC, HOSTILE_CASES, VALID_LAYOUTS, Corruption, corruptions
+from generators.hostile_bounds import BOUNDED_CLASSES
 from generators.specs import model_specs
 from generators.unpickling import marker_path
 from reference.contract import LoadOptions, ModelSpec
@@ -71,6 +72,32 @@ def test_named_hostile_checkpoint_is_refused(name):
         options = LoadOptions(device=run.device, check_finite=hostile.options.check_finite)
         _check(LoadCase(_Hostile(hostile.spec, hostile.summary()), options), directory,
                "P11 hostile checkpoint", must_refuse=hostile.family)
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED_CLASSES))
+def test_resource_hostile_checkpoint_is_refused(name):
+    """Checkpoints that attack the reader's resources (not regular files, amplifying or
+    deeply nested JSON, names the OS refuses, generators/hostile_bounds.py) at their smallest
+    size: refused as the reference refuses them. A FIFO or /dev/zero never lets a naive
+    reader return, which in process would take the run down: those need --isolate."""
+    cls, run = BOUNDED_CLASSES[name], current()
+    if cls.blocks_a_reader and not run.isolated:
+        pytest.skip(f"{name}: a naive reader never returns from it (blocked, or reading "
+                    f"without end), which in process takes the run down; run with --isolate "
+                    f"to test it")
+    hostile = cls.case(cls.sizes[0])
+    lacking = sorted(hostile.needs - run.capabilities)
+    if lacking:
+        pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
+    outside = run.support.outside(hostile.spec)
+    if outside:
+        pytest.skip(f"loader {run.loader_name!r} does not support {', '.join(outside)}")
+    with tempfile.TemporaryDirectory(prefix="loadcheck-bounded-") as tmp:
+        directory = Path(tmp) / "checkpoint"
+        directory.mkdir()
+        hostile.write(directory)
+        _check(LoadCase(_Hostile(hostile.spec, hostile.summary()), LoadOptions(
+            device=run.device)), directory, "P11 hostile checkpoint", must_refuse=hostile.family)
 
 
 @pytest.mark.requires("load")

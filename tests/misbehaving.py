@@ -127,6 +127,20 @@ def _close_stdout(load, checkpoint):
     return load()
 
 
+class _ReadsEveryFile(ReferenceLoader):
+    """Reads each file of the checkpoint whole with a plain open().read() before loading, as
+    a naive reader does: blocks forever on a FIFO, reads /dev/zero until memory runs out."""
+
+    name = "reads_every_file"
+
+    def load(self, checkpoint, spec, options):
+        for path in sorted(Path(checkpoint).iterdir()):
+            if not path.is_dir():
+                with open(path, "rb") as f:
+                    f.read()
+        return super().load(checkpoint, spec, options)
+
+
 segfaults = _Misbehaving("segfaults", _segfault)
 keyboard_interrupt = _Misbehaving("keyboard_interrupt", _raise(KeyboardInterrupt))
 system_exit = _Misbehaving("system_exit", _raise(SystemExit))
@@ -143,3 +157,4 @@ hangs = _Misbehaving("hangs", _hang)
 spawns_children = _Misbehaving("spawns_children", _spawn)
 allocates = _Misbehaving("allocates", _allocate)
 closes_stdout = _Misbehaving("closes_stdout", _close_stdout)
+reads_every_file = _ReadsEveryFile()
