@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from generators.cases import LoadCase
-from generators.hostile import BASE_SPEC, HOSTILE_CASES, VALID_LAYOUTS, Corruption, corruptions
+from generators.hostile import (BASE_SPEC, HOSTILE_CASES, VALID_LAYOUTS, Corruption, HostileCase,
+                                corruptions)
 from generators.hostile_bounds import BOUNDED_CLASSES
 from generators.specs import model_specs
 from generators.unpickling import marker_path
@@ -55,9 +56,9 @@ def _check(case: LoadCase, directory: Path, prop: str, must_refuse: str | None =
     fail_on(divergences, prop, case, directory)
 
 
-@pytest.mark.parametrize("name", sorted(HOSTILE_CASES))
-def test_named_hostile_checkpoint_is_refused(name):
-    hostile = HOSTILE_CASES[name]
+def _refuses_hostile(hostile: HostileCase) -> None:
+    """Skip what the loader does not claim or support; else write the case and check it."""
+    __tracebackhide__ = True
     run = current()
     lacking = sorted(hostile.needs - run.capabilities)
     if lacking:
@@ -74,30 +75,23 @@ def test_named_hostile_checkpoint_is_refused(name):
                "P11 hostile checkpoint", must_refuse=hostile.family)
 
 
+@pytest.mark.parametrize("name", sorted(HOSTILE_CASES))
+def test_named_hostile_checkpoint_is_refused(name):
+    _refuses_hostile(HOSTILE_CASES[name])
+
+
 @pytest.mark.parametrize("name", sorted(BOUNDED_CLASSES))
 def test_resource_hostile_checkpoint_is_refused(name):
     """Checkpoints that attack the reader's resources (not regular files, amplifying or
     deeply nested JSON, names the OS refuses, generators/hostile_bounds.py) at their smallest
     size: refused as the reference refuses them. A FIFO or /dev/zero never lets a naive
     reader return, which in process would take the run down: those need --isolate."""
-    cls, run = BOUNDED_CLASSES[name], current()
-    if cls.blocks_a_reader and not run.isolated:
+    cls = BOUNDED_CLASSES[name]
+    if cls.blocks_a_reader and not current().isolated:
         pytest.skip(f"{name}: a naive reader never returns from it (blocked, or reading "
                     f"without end), which in process takes the run down; run with --isolate "
                     f"to test it")
-    hostile = cls.case(cls.sizes[0])
-    lacking = sorted(hostile.needs - run.capabilities)
-    if lacking:
-        pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
-    outside = run.support.outside(hostile.spec)
-    if outside:
-        pytest.skip(f"loader {run.loader_name!r} does not support {', '.join(outside)}")
-    with tempfile.TemporaryDirectory(prefix="loadcheck-bounded-") as tmp:
-        directory = Path(tmp) / "checkpoint"
-        directory.mkdir()
-        hostile.write(directory)
-        _check(LoadCase(_Hostile(hostile.spec, hostile.summary()), LoadOptions(
-            device=run.device)), directory, "P11 hostile checkpoint", must_refuse=hostile.family)
+    _refuses_hostile(cls.case(cls.sizes[0]))
 
 
 @pytest.mark.requires("load")
