@@ -40,6 +40,9 @@ class BoundedClass:
     # a naive reader never returns from it (a FIFO blocks; /dev/zero never ends and fills
     # memory): in process that takes the run down with it, so only an isolated candidate meets it
     blocks_a_reader: bool = False
+    # the reference refuses it only for its own resource bounds (token budget, size cap,
+    # nesting), not as malformed: a candidate may load it instead, if it returns at all
+    bound_only: bool = False
 
     def case(self, size: int | None = None) -> HostileCase:
         size = self.sizes[-1] if size is None else size
@@ -196,15 +199,15 @@ BOUNDED_CLASSES: dict[str, BoundedClass] = {c.name: c for c in [
                  blocks_a_reader=True),
     BoundedClass("header-many-empty-entries", "corrupt_checkpoint",
                  "the header adds {size} empty tensors (memory amplification)",
-                 _empty_entries, sizes=(70_000, 600_000)),
+                 _empty_entries, sizes=(70_000, 600_000), bound_only=True),
     BoundedClass("header-deep-nesting", "corrupt_checkpoint",
                  "a shape nests {size} levels deep (recursion)", _deep_header,
                  sizes=(2_000, 1_000_000)),
     BoundedClass("index-deep-nesting", "corrupt_checkpoint",
                  "the index nests {size} levels deep (recursion)", _deep_index,
-                 sizes=(2_000, 1_000_000)),
+                 sizes=(2_000, 1_000_000), bound_only=True),
     BoundedClass("index-huge", "corrupt_checkpoint", "the index is {size} bytes",
-                 _huge_index, sizes=(40 * 2**20, 200 * 10**6)),
+                 _huge_index, sizes=(40 * 2**20, 200 * 10**6), bound_only=True),
     BoundedClass("index-many-keys", "corrupt_checkpoint",
                  "the index lists {size} keys (memory and time amplification)",
                  _many_index_keys, sizes=(250_000, 1_000_000)),
