@@ -22,7 +22,7 @@ from generators.checkpoints import CheckpointPlan
 from reference.contract import INDEX_FILE, LoadOptions
 from reference.names import fused_gate_up_rows, fused_qkv_rows, layout_keys
 from reference.tp import rank_slice
-from .baseline import divergence_key, short_test, signature
+from .baseline import case_features, divergence_key, short_test, signature
 from .repro import CASE_FILE, save_checkpoint
 from reports.schema import DivergenceRecord, Source, TPSlice, worst
 from .compare import (Divergence, Outcome, Where, compare_outcomes, compare_states,
@@ -179,17 +179,26 @@ def written(plan: CheckpointPlan) -> Iterator[Path]:
         yield plan.write(Path(tmp) / "checkpoint")
 
 
-def candidate_call(fn: Callable[[], object]) -> Outcome:
+def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
     """Run one candidate call under the run's timeout (in process, or in the isolated
     child, which enforces the timeout by killing itself). After a first hang in a test,
     the test stops (HungTestStopped): its hang record is written, and no shrinking replay
-    costs a timeout again, so a run ends in bounded time (tests x timeout)."""
+    costs a timeout again, so a run ends in bounded time (tests x timeout); after
+    --max-hung-tests hung tests, every later test that calls the candidate stops too.
+    What the call did to the process (guard.py) goes with the outcome when `compared` (its
+    comparison reports it), else into the test's next fail_on (reload, quantize, offload...)."""
     run, nodeid = current(), _nodeid()
     if nodeid in run.hung_tests:
         raise HungTestStopped(f"loadcheck: [hang] {run.loader_name} hung in this test (no "
                               f"answer within {run.timeout:g} s, the --candidate-timeout in "
                               f"force); its remaining examples were not run, the example that "
                               f"hung is in the run's records\n  re-run: {rerun_command()}")
+    if run.max_hung_tests and len(run.hung_tests) >= run.max_hung_tests:
+        raise HungTestStopped(f"loadcheck: [hang] not tested: {run.loader_name} already hung "
+                              f"in {len(run.hung_tests)} tests of this process, the "
+                              f"--max-hung-tests budget ({run.max_hung_tests}); tests that call "
+                              f"it stop here so the run ends in bounded time; their hang "
+                              f"records name the tests that hung")
     timeout = run.timeout
     if run.judge is None:
         run.judge = JudgeSnapshot()
@@ -199,7 +208,10 @@ def candidate_call(fn: Callable[[], object]) -> Outcome:
             outcome = run_outcome(fn)
         else:
             outcome = run_outcome(lambda: checked_result(call_with_timeout(fn, timeout)))
-    outcome.side_effects += side_effects
+    if compared:
+        outcome.side_effects += side_effects
+    else:
+        run.unreported_effects.setdefault(nodeid, []).extend(side_effects)
     if outcome.family == "hang":
         run.hung_tests.add(nodeid)
     return outcome
@@ -211,7 +223,8 @@ def load_both(case, directory: Path, options: LoadOptions | None = None,
     spec = spec or case.plan.spec
     expected = run_outcome(lambda: run.reference.load(str(directory), spec, options))
     fingerprint = CheckpointFingerprint(directory)
-    found = candidate_call(lambda: run.candidate.load(str(directory), spec, options))
+    found = candidate_call(lambda: run.candidate.load(str(directory), spec, options),
+                           compared=True)
     found.side_effects += fingerprint.divergences()
     return expected, found
 
@@ -286,7 +299,7 @@ def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> Non
         run.records.write({
             "type": "divergence", "stage": "collected", "property": prop, "test": nodeid,
             "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
-            "severity": worst(d.severity for d in unseen),
+            "features": case_features(case), "severity": worst(d.severity for d in unseen),
             "signature": signature(nodeid, [d.to_json() for d in unseen]),
             "divergences": [d.to_json() for d in unseen]})
 
@@ -298,12 +311,14 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     example fails only on what is new, so a known bug never masks another. So fail_on may
     return after divergences: a caller that cannot go on after one returns itself."""
     __tracebackhide__ = True
+    run, nodeid = current(), _nodeid()
+    # what the test's other candidate calls did to the process (guard.py), reported once
+    divergences = run.unreported_effects.pop(nodeid, []) + list(divergences)
     if not divergences:
         return
-    run, nodeid = current(), _nodeid()
     known: dict[str, list[Divergence]] = {}
     if run.baseline is not None:
-        known, divergences = run.baseline.split(nodeid, divergences)
+        known, divergences = run.baseline.split(nodeid, divergences, case_features(case))
         _record_known(known, prop, case, nodeid)
         if not divergences:
             return

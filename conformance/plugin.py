@@ -39,6 +39,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--candidate-timeout", type=float, default=None,
                     help="seconds a candidate call may take before it counts as a hang "
                          "(default 60)")
+    group.addoption("--max-hung-tests", type=int, default=5, metavar="N",
+                    help="after the candidate hung in N tests (per xdist worker), every later "
+                         "test that calls it fails at once as not tested, so an always-hanging "
+                         "candidate costs N timeouts per worker, not one per test (default 5; "
+                         "0: no limit)")
     group.addoption("--baseline", default=None, metavar="FILE",
                     help="known divergences (TOML): matched ones are reported as known, not "
                          "failed; a built-in adapter's name picks its shipped baseline")
@@ -189,6 +194,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                    config.getoption("--isolate-memory") or None)
     configure(RunConfig(loader_name=name, candidate=candidate, device=device, profile=profile,
                         seed=seed, records=records, timeout=timeout, isolated=isolated,
+                        max_hung_tests=max(0, config.getoption("--max-hung-tests")),
                         baseline=baseline, baseline_strict=config.getoption("--baseline-strict"),
                         baseline_write=config.getoption("--baseline-write") is not None))
     config._loadcheck_metadata = run_metadata(

@@ -5,7 +5,10 @@ failure is one load compared with the reference's (REPLAYED) are replayed whole:
 when the loader still diverges, 0 when it agrees. For any other property (offload, reload,
 forward, tensor parallel, bytes, FP8 paths...) the checkpoint holds only part of the case:
 the load is replayed and reported, and the exit is 3 (not a verdict on the property),
-with a pointer to the record's re-run line, which replays the property itself."""
+with a pointer to the record's re-run line, which replays the property itself.
+Files the case reached outside its checkpoint (a hostile case's `../outside.safetensors`,
+a link's target, a hub-cache blob) are saved in DIR/loadcheck-outside and laid out beside
+the checkpoint again, in a scratch copy, for the replay."""
 
 from __future__ import annotations
 
@@ -15,10 +18,14 @@ import os
 import shutil
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 CASE_FILE = "loadcheck-case.json"
 NOT_COPIED_FILE = "loadcheck-not-copied.txt"
+# Files of the case outside its checkpoint (save_checkpoint), and where the checkpoint sat.
+OUTSIDE_DIR = "loadcheck-outside"
+LAYOUT_FILE = "loadcheck-layout.json"
 # A repro is the case's checkpoint (kilobytes); a hostile one may hold a sparse 200 MB file.
 REPRO_COPY_LIMIT = 64 * 2**20
 NOT_REPLAYED = 3
@@ -36,30 +43,114 @@ def save_checkpoint(source: Path, target: Path, limit: int = REPRO_COPY_LIMIT) -
     """Copy a case's checkpoint for replay without following anything out of it: a symlink
     is copied as the link it is (its target is not read), a FIFO, device or socket is not
     copied (reading one may never end), and regular files stop at `limit` bytes in all.
+    Files the checkpoint reaches outside itself, inside the case's own folder (a shard
+    linked or named `../outside.safetensors` by a hostile case), are copied too, into
+    OUTSIDE_DIR at their place relative to that folder, and absolute links to them become
+    relative ones (see `outside_files`); replay() puts them back beside the checkpoint.
     Returns what was left out, also written to NOT_COPIED_FILE in the copy."""
     shutil.rmtree(target, ignore_errors=True)
-    left_out, copied = [], 0
-    for root, dirs, files in os.walk(source):  # does not descend into linked directories
-        here = Path(root)
+    source, left_out, copied = source.resolve(), [], 0
+
+    def copy_file(path: Path, to: Path, shown: object) -> None:
+        nonlocal copied
+        size = path.lstat().st_size
+        if copied + size > limit:
+            left_out.append(f"{shown}: {size} bytes, past the {limit}-byte limit of a repro copy")
+            return
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, to, follow_symlinks=False)
+        copied += size
+
+    root = case_folder(source)
+    outside = outside_files(source, root)
+    for root_dir, dirs, files in os.walk(source):  # does not descend into linked directories
+        here = Path(root_dir)
         (target / here.relative_to(source)).mkdir(parents=True, exist_ok=True)
         for name in sorted(dirs + files):
             path, relative = here / name, (here / name).relative_to(source)
             mode = path.lstat().st_mode
             if stat.S_ISLNK(mode):
-                os.symlink(os.readlink(path), target / relative)
+                link = os.readlink(path)
+                reached = _lexical(path.parent / link)
+                if os.path.isabs(link) and reached in outside:  # now where the copy puts it
+                    link = os.path.relpath(root / outside[reached], path.parent.resolve())
+                os.symlink(link, target / relative)
             elif stat.S_ISDIR(mode):
                 continue  # os.walk creates it
             elif not stat.S_ISREG(mode):
                 left_out.append(f"{relative}: not a regular file (mode {stat.filemode(mode)})")
-            elif copied + path.lstat().st_size > limit:
-                left_out.append(f"{relative}: {path.lstat().st_size} bytes, past the "
-                                f"{limit}-byte limit of a repro copy")
             else:
-                shutil.copyfile(path, target / relative, follow_symlinks=False)
-                copied += path.lstat().st_size
+                copy_file(path, target / relative, relative)
+    for reached, relative in sorted(outside.items()):
+        mode = reached.lstat().st_mode
+        if not stat.S_ISREG(mode):
+            left_out.append(f"{relative} (outside the checkpoint): not a regular file (mode "
+                            f"{stat.filemode(mode)})")
+        else:
+            copy_file(reached, target / OUTSIDE_DIR / relative, f"{relative} (outside the checkpoint)")
+    if outside:
+        (target / OUTSIDE_DIR).mkdir(exist_ok=True)
+        (target / OUTSIDE_DIR / LAYOUT_FILE).write_text(json.dumps(
+            {"checkpoint": str(source.resolve().relative_to(root))}))
     if left_out:
         (target / NOT_COPIED_FILE).write_text("\n".join(left_out) + "\n")
     return left_out
+
+
+def case_folder(checkpoint: Path) -> Path:
+    """The folder a case was written in: the suite's nearest `loadcheck-*` temporary
+    directory above the checkpoint (a hub-cache case nests it three levels down), else the
+    checkpoint's parent. Nothing outside it is ever copied into a repro."""
+    checkpoint = checkpoint.resolve()
+    return next((p for p in checkpoint.parents if p.name.startswith("loadcheck-")),
+                checkpoint.parent)
+
+
+def _lexical(path: Path) -> Path:
+    """`path` absolute with `..` taken away by name (as a loader joining names would), links
+    not resolved."""
+    return Path(os.path.normpath(path.absolute()))
+
+
+def outside_files(checkpoint: Path, root: Path) -> dict[Path, Path]:
+    """Files the checkpoint names outside itself but inside `root`, each -> its path relative
+    to `root`: symlink targets (absolute, or relative like a hub-cache snapshot's
+    `../../blobs/...`) and the index's weight_map values that climb out (`../x`)."""
+    checkpoint, root = checkpoint.resolve(), root.resolve()
+    reached = []
+    for path in checkpoint.rglob("*"):
+        if path.is_symlink():
+            reached.append(_lexical(path.parent / os.readlink(path)))
+    index = checkpoint / "model.safetensors.index.json"
+    try:
+        if index.is_file() and not index.is_symlink() and index.stat().st_size <= 2**20:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            reached += [_lexical(checkpoint / v) for v in set(weight_map.values())
+                        if isinstance(v, str) and v]
+    except (OSError, ValueError, AttributeError, RecursionError):
+        pass  # an index the case made unreadable names nothing
+    out = {}
+    for path in reached:
+        if path.is_relative_to(checkpoint) or not path.is_relative_to(root):
+            continue
+        if os.path.lexists(path):
+            out[path] = path.relative_to(root)
+    return out
+
+
+def replay_directory(saved: Path, scratch: Path) -> Path:
+    """The directory to load a saved repro from: `saved` itself, or, when it holds files
+    from outside the checkpoint (OUTSIDE_DIR), a copy under `scratch` laid out as the case
+    was: those files at their places and the checkpoint at its own."""
+    layout = saved / OUTSIDE_DIR / LAYOUT_FILE
+    if not layout.is_file():
+        return saved
+    shutil.copytree(saved / OUTSIDE_DIR, scratch, symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(LAYOUT_FILE))
+    checkpoint = scratch / json.loads(layout.read_text())["checkpoint"]
+    shutil.copytree(saved, checkpoint, symlinks=True, dirs_exist_ok=True,
+                    ignore=lambda d, names: [OUTSIDE_DIR] if Path(d) == saved else [])
+    return checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate-timeout", type=float, default=None, metavar="SECONDS",
                         help="report the candidate as hung after this long (default 60)")
     args = parser.parse_args(argv)
-    directory = Path(args.checkpoint)
+    saved = Path(args.checkpoint)
     try:
-        case = json.loads((directory / CASE_FILE).read_text())
+        case = json.loads((saved / CASE_FILE).read_text())
     except (OSError, ValueError) as exc:
-        print(f"error: {directory / CASE_FILE}: {exc}", file=sys.stderr)
+        print(f"error: {saved / CASE_FILE}: {exc}", file=sys.stderr)
         return 2
+    with tempfile.TemporaryDirectory(prefix="loadcheck-repro-") as scratch:
+        return _replay(case, replay_directory(saved, Path(scratch)), args)
 
+
+def _replay(case: dict, directory: Path, args: argparse.Namespace) -> int:
     from reference.contract import LoadOptions, ModelSpec
     from reference.loading import ReferenceLoader
     from .compare import compare_outcomes, run_outcome

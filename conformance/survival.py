@@ -159,6 +159,7 @@ def _forked_call(loader: Any, request: dict[str, Any]) -> dict[str, Any]:
             time.sleep(0.002)
     finally:
         _kill_group(pid)  # whatever the call started and left running dies with it
+        _kill_orphans()   # and what left the group (setsid), handed to this subreaper
     limit = f" (the --isolate-memory limit of {memory} MiB in force)" if memory else ""
     if os.WIFSIGNALED(status) or not answer_path.exists():
         how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
@@ -193,6 +194,50 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass  # the group is empty: nothing was left running
+
+
+def _become_subreaper() -> bool:
+    """Linux: orphaned descendants of this process (a call's grandchild that left its process
+    group with setsid(), a daemon's double fork) are re-parented here instead of to init, so
+    _kill_orphans can find them. False where the kernel offers no such thing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _children() -> list[int]:
+    """This process's children, from /proc (Linux; [] elsewhere)."""
+    me, out = os.getpid(), []
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{me}/task/{task}/children") as f:
+                out += [int(pid) for pid in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _kill_orphans(rounds: int = 50) -> None:
+    """Between calls the server has no child of its own: every child it has now is something
+    a call left behind and the subreaper took in. Kill and reap them, again while killing
+    one hands its own children over (a bounded number of rounds)."""
+    for _ in range(rounds):
+        children = _children()
+        if not children:
+            return
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError, PermissionError):
+                pass
 
 
 def _read_small(path: Path, limit: int = 64 * 2**20) -> str:
@@ -237,6 +282,7 @@ def _serve(loader_name: str) -> None:
     # Cases are tiny, and an OpenMP pool's spinning threads would take the cores that the
     # xdist workers need (and a pool is not fork-safe either).
     torch.set_num_threads(1)
+    _become_subreaper()
     loader = resolve(loader_name)
     _warm_up()
     answers = os.fdopen(os.dup(1), "w")

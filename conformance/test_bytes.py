@@ -21,7 +21,12 @@ def test_parameter_bytes_for_every_dtype(data):
     count_example()
     # Several extras of any dtype per model, so every example counts many dtypes at once
     # (a loader without `extras` is checked on the model's own float parameters).
+    # Neither strict nor track: extras of dtypes safetensors cannot store (sub-byte, fnuz,
+    # FP4) are missing by construction, and either option makes the load raise on them
+    # (strict means missing too since issue 14), which left a third of the examples with
+    # no model to count.
     case = data.draw(load_cases(run.capabilities, support=run.support, device=run.device, extras=True, tp=True,
+                                strict=False, track=False,
                                 extra_strategy=extra_params(min_count=3, max_count=6,
                                                             dtypes=any_dtype)), label="case")
     with written(case.plan) as directory:

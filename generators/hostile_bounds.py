@@ -6,8 +6,10 @@ and two silent loads (an empty tensor inside another, a bool byte that is neithe
 Classes with a size or depth take it as a parameter (`BoundedClass.case(size)`), and
 `bounded_cases()` draws class and size; `sizes` lists what the tests measure, the largest
 being what an attacker tried. Some of these would block or exhaust a candidate loader that
-reads them naively (a FIFO, /dev/zero), so they are run against the reference only
-(tests/test_hostile_bounds.py), not offered to candidates in the conformance suite."""
+reads them naively (a FIFO, /dev/zero: `blocks_a_reader`); the conformance suite offers
+those to a candidate only under --isolate, the others always, each at its smallest size
+(conformance/test_hostile.py); tests/test_hostile_bounds.py measures the reference at the
+attacker's sizes."""
 
 from __future__ import annotations
 
@@ -35,12 +37,27 @@ class BoundedClass:
     write: Callable[[Path, int], None]       # (directory, size)
     sizes: tuple[int, ...] = (0,)            # 0: the class has no size
     spec: ModelSpec = BASE_SPEC
+    # a naive reader never returns from it (a FIFO blocks; /dev/zero never ends and fills
+    # memory): in process that takes the run down with it, so only an isolated candidate meets it
+    blocks_a_reader: bool = False
+    # the reference refuses it only for its own resource bounds (token budget, size cap,
+    # nesting), not as malformed: a candidate may load it instead, if it returns at all
+    bound_only: bool = False
 
     def case(self, size: int | None = None) -> HostileCase:
         size = self.sizes[-1] if size is None else size
         return HostileCase(f"{self.name}[{size}]" if size else self.name, self.family,
                            self.why.format(size=size),
-                           lambda directory: self.write(directory, size), spec=self.spec)
+                           lambda directory: self.write(directory, size), spec=self.spec,
+                           needs=self.needs)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The capabilities a candidate must claim to be offered it: an index or a shard
+        means `sharded`, the bool tensor `extras`."""
+        if self.name.startswith(("index-", "shard-")):
+            return frozenset({"load", "sharded"})
+        return frozenset({"load", "extras"}) if self.spec.extras else frozenset({"load"})
 
 
 def _first_shard(directory: Path) -> Path:
@@ -166,27 +183,31 @@ def _bool_byte(directory: Path, size: int) -> None:
 
 BOUNDED_CLASSES: dict[str, BoundedClass] = {c.name: c for c in [
     BoundedClass("index-is-fifo", "corrupt_checkpoint",
-                 "the index is a FIFO (a naive reader blocks forever)", _fifo("index")),
+                 "the index is a FIFO (a naive reader blocks forever)", _fifo("index"),
+                 blocks_a_reader=True),
     BoundedClass("single-file-is-fifo", "corrupt_checkpoint", "model.safetensors is a FIFO",
-                 _fifo("single")),
-    BoundedClass("shard-is-fifo", "corrupt_checkpoint", "a shard is a FIFO", _fifo("shard")),
+                 _fifo("single"),
+                 blocks_a_reader=True),
+    BoundedClass("shard-is-fifo", "corrupt_checkpoint", "a shard is a FIFO", _fifo("shard"),
+                 blocks_a_reader=True),
     BoundedClass("index-is-directory", "corrupt_checkpoint", "the index is a directory",
                  _a_directory("index")),
     BoundedClass("single-file-is-directory", "corrupt_checkpoint",
                  "model.safetensors is a directory", _a_directory("single")),
     BoundedClass("index-is-dev-zero", "unsafe_checkpoint",
-                 "the index is a symlink to /dev/zero (an endless read)", _index_to_dev_zero),
+                 "the index is a symlink to /dev/zero (an endless read)", _index_to_dev_zero,
+                 blocks_a_reader=True),
     BoundedClass("header-many-empty-entries", "corrupt_checkpoint",
                  "the header adds {size} empty tensors (memory amplification)",
-                 _empty_entries, sizes=(70_000, 600_000)),
+                 _empty_entries, sizes=(70_000, 600_000), bound_only=True),
     BoundedClass("header-deep-nesting", "corrupt_checkpoint",
                  "a shape nests {size} levels deep (recursion)", _deep_header,
                  sizes=(2_000, 1_000_000)),
     BoundedClass("index-deep-nesting", "corrupt_checkpoint",
                  "the index nests {size} levels deep (recursion)", _deep_index,
-                 sizes=(2_000, 1_000_000)),
+                 sizes=(2_000, 1_000_000), bound_only=True),
     BoundedClass("index-huge", "corrupt_checkpoint", "the index is {size} bytes",
-                 _huge_index, sizes=(40 * 2**20, 200 * 10**6)),
+                 _huge_index, sizes=(40 * 2**20, 200 * 10**6), bound_only=True),
     BoundedClass("index-many-keys", "corrupt_checkpoint",
                  "the index lists {size} keys (memory and time amplification)",
                  _many_index_keys, sizes=(250_000, 1_000_000)),

@@ -114,6 +114,14 @@ def _spawn(load, checkpoint):
     return load()
 
 
+def _spawn_outside_group(load, checkpoint):
+    """Starts a helper per call in a session of its own (setsid): killing the call's process
+    group does not reach it."""
+    subprocess.Popen(GRANDCHILD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    return load()
+
+
 def _allocate(load, checkpoint):
     """Allocates 2 GiB per call (and touches it)."""
     block = bytearray(2 * 2**30)
@@ -125,6 +133,30 @@ def _close_stdout(load, checkpoint):
     import sys
     sys.stdout.close()
     return load()
+
+
+class _ReadsEveryFile(ReferenceLoader):
+    """Reads each file of the checkpoint whole with a plain open().read() before loading, as
+    a naive reader does: blocks forever on a FIFO, reads /dev/zero until memory runs out."""
+
+    name = "reads_every_file"
+
+    def load(self, checkpoint, spec, options):
+        for path in sorted(Path(checkpoint).iterdir()):
+            if not path.is_dir():
+                with open(path, "rb") as f:
+                    f.read()
+        return super().load(checkpoint, spec, options)
+
+
+class _DtypeOnReload(ReferenceLoader):
+    """Loads as the reference does; its reload leaves torch's default dtype at float64."""
+
+    name = "sets_default_dtype_on_reload"
+
+    def reload(self, *args, **kwargs):
+        torch.set_default_dtype(torch.float64)
+        return super().reload(*args, **kwargs)
 
 
 segfaults = _Misbehaving("segfaults", _segfault)
@@ -141,5 +173,8 @@ sets_default_dtype = _Misbehaving("sets_default_dtype", _default_dtype)
 patches_judge = _Misbehaving("patches_judge", _patch_judge)
 hangs = _Misbehaving("hangs", _hang)
 spawns_children = _Misbehaving("spawns_children", _spawn)
+escapes_its_group = _Misbehaving("escapes_its_group", _spawn_outside_group)
 allocates = _Misbehaving("allocates", _allocate)
 closes_stdout = _Misbehaving("closes_stdout", _close_stdout)
+reads_every_file = _ReadsEveryFile()
+sets_default_dtype_on_reload = _DtypeOnReload()

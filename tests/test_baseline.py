@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conformance.baseline import (SHIPPED, Baseline, BaselineError, Entry, Match,
-                                  load_baseline)
+                                  case_features, load_baseline)
 from conformance.baseline.verdict import judge
 from conformance.baseline.write import dumps, entries_from_runs
 from reports.records import read_runs
@@ -61,6 +61,9 @@ def test_split_keeps_unknown_divergences_failing():
     ("[[known]]\nid = 'A'\ntest = 't'\nclass = 'maybe'\nmatch = [{kind = 'x'}]\n", "class 'maybe'"),
     ("[[known]]\nid = 'A'\ntest = 't'\nmatch = [{tensor = 'x'}]\n", "unknown match fields ['tensor']"),
     ("[[known]]\nid = 'A'\ntest = 't'\nmatch = [{message = '('}]\n", "not a regular expression"),
+    ("[[known]]\nid = 'A'\ntest = 't'\nmatch = [{case = {disk = 'float64'}}]\n",
+     "unknown case features ['disk']"),
+    ("[[known]]\nid = 'A'\ntest = 't'\nmatch = [{finding = 'ulp'}]\n", "finding 'ulp' is not one of"),
     ("[[known]]\nid = 'A'\ntest = 't'\nmatch = [{kind = 'x'}]\n" * 2, "ids used twice: ['A']"),
     ("known = [", "not valid TOML"),
 ])
@@ -70,6 +73,58 @@ def test_bad_baselines_are_refused_naming_file_and_entry(tmp_path, text, problem
     with pytest.raises(BaselineError, match=r"bad\.toml") as info:
         load_baseline(path)
     assert problem in str(info.value)
+
+
+CASTS = "test_loading.py::test_float_casts_round_once"
+FLOAT64_ROUNDING = Match(kind="tensor", finding="rounding",
+                         case=(("disk_dtype", "float64"), ("dtype", "*float16")))
+
+
+def test_case_and_finding_narrow_a_match(tmp_path):
+    """A match about a kind of case knows a divergence only in such a case: the same 1-ULP
+    tensor divergence is known on a float64 checkpoint loaded into bfloat16, new on a
+    float32 one, new when the case is unknown; another finding is new everywhere."""
+    from generators.cases import LoadCase
+    from generators.checkpoints import CheckpointPlan
+    from reference.contract import LoadOptions, ModelSpec
+    spec = ModelSpec(family="llama", vocab_size=8, hidden_size=8, intermediate_size=4,
+                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, dtype="bfloat16")
+    float64, float32 = (case_features(LoadCase(CheckpointPlan(spec, disk_dtype=d), LoadOptions()))
+                        for d in ("float64", "float32"))
+    assert float64["disk_dtype"] == "float64" and float64["dtype"] == "bfloat16"
+    rounding = dict(_div("tensor"), finding="rounding")
+    assert FLOAT64_ROUNDING.matches(rounding, float64)
+    assert not FLOAT64_ROUNDING.matches(rounding, float32)
+    assert not FLOAT64_ROUNDING.matches(rounding)
+    assert not FLOAT64_ROUNDING.matches(dict(rounding, finding="values"), float64)
+    entry = Entry(id="T14", test=CASTS, matches=(FLOAT64_ROUNDING,), summary="s", seen=("v",))
+    path = tmp_path / "b.toml"
+    path.write_text(dumps(Baseline(path, "x", [entry])))
+    assert load_baseline(path).entries == [entry]  # written and read back alike
+    known, new = load_baseline(path).split("conformance/" + CASTS, [rounding], float64)
+    assert list(known) == ["T14"] and not new
+
+
+def test_a_case_narrowed_entry_does_not_mask_a_value_bug_of_another_case(tmp_path):
+    """The shipped float64 entries' shape (a 1-ULP tensor divergence of a float64 checkpoint
+    loaded into bfloat16 / float16) gates the float64 double-rounding bug; a loader that also
+    truncates float32 -> bfloat16 (1 ULP too, the same test) still fails on a float32 case."""
+    baseline = tmp_path / "b.toml"
+    baseline.write_text(dumps(Baseline(baseline, "x", [Entry(
+        id="T14", test=CASTS, matches=(FLOAT64_ROUNDING,), summary="s", seen=("v",))])))
+    (tmp_path / "two_casts.py").write_text(
+        "from tests.mutants.p2_float64_rounds_twice import RoundsTwice\n"
+        "from tests.mutants.p2_bf16_by_truncation import Truncates\n"
+        "class Both(RoundsTwice, Truncates):\n    pass\n"
+        "loader = Both('two_casts')\n")
+    known = run_suite("tests.mutants.p2_float64_rounds_twice", f"conformance/{CASTS}",
+                      "--baseline", str(baseline), records=tmp_path / "r0")
+    assert known.returncode == 0 and "known: T14" in known.output, known.output[-2000:]
+    both = run_suite("two_casts", f"conformance/{CASTS}", "--baseline", str(baseline),
+                     records=tmp_path / "r1", pythonpath=tmp_path)
+    assert both.returncode == 1, both.output[-2000:]
+    final = [r for r in both.records_of(CASTS.split("::")[1]) if r["stage"] == "final"]
+    assert final and all("disk=float32" in r["case"] for r in final), [r["case"] for r in final]
 
 
 def test_verdict_known_fixed_unverified_not_run():

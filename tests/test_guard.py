@@ -41,6 +41,18 @@ def test_a_candidate_that_changes_what_judges_it_is_reported(tmp_path, kind,
         assert {d["kind"] for d in items} == {kind_of_divergence}, {d["kind"] for d in items}
 
 
+def test_what_a_reload_does_to_the_process_is_reported(tmp_path):
+    """Side effects of calls no outcome comparison covers (reload here) reach the test's
+    record too (they were undone, but reported only for loads)."""
+    run = run_suite("tests.misbehaving:sets_default_dtype_on_reload",
+                    "conformance/test_reload.py::test_reload_equals_fresh_load", records=tmp_path)
+    assert run.returncode == 1, run.output[-3000:]
+    (result,) = read_runs([tmp_path])
+    items = [d for r in result.divergences for d in r["divergences"]]
+    assert {d["kind"] for d in items} == {"global_state"}, json.dumps(items[:3])[:3000]
+    assert "default dtype at torch.float64" in items[0]["message"]
+
+
 def test_random_state_is_restored_without_a_report():
     torch.manual_seed(1)
     random.seed(1)

@@ -57,6 +57,16 @@ def test_processes_a_call_leaves_are_killed_isolated_and_reported_in_process(
     assert kinds == {"process"}, kinds
 
 
+def test_a_process_that_leaves_the_calls_group_is_killed_isolated(tmp_path,
+                                                                 no_grandchildren_left):
+    """setsid() takes a helper out of the call's process group; the isolated server is a
+    subreaper, so the orphan comes to it and is killed after the call."""
+    run = run_suite("tests.misbehaving:escapes_its_group", "conformance/test_tying.py",
+                    "--isolate", records=tmp_path)
+    assert run.returncode == 0, run.output[-3000:]
+    assert set(_grandchildren()) <= no_grandchildren_left
+
+
 def test_a_call_over_the_memory_limit_is_a_crash_naming_the_limit(tmp_path):
     run = run_suite("tests.misbehaving:allocates", "conformance/test_tying.py", "--isolate",
                     "--isolate-memory=512", records=tmp_path)
@@ -93,3 +103,15 @@ def test_the_parent_never_reads_a_fifo_its_child_left(tmp_path):
     os.mkfifo(tmp_path / "state.safetensors")
     with pytest.raises(Exception, match="is a FIFO"):
         _read_result(tmp_path)
+
+
+def test_after_max_hung_tests_the_rest_stop_at_once(tmp_path):
+    """--max-hung-tests 1: the first hung test costs a timeout and records the hang; the
+    other tests that call the candidate fail at once, saying they were not tested."""
+    run = run_suite("tests.misbehaving:hangs", *TWO_FILES, "--candidate-timeout=1",
+                    "--max-hung-tests=1", records=tmp_path)
+    (result,) = read_runs([tmp_path])
+    assert result.complete and len(result.collected) == 3
+    hangs = [r for r in result.divergences if r["severity"] == "hang" and r.get("type") != "crash"]
+    assert len(hangs) == 1, [(r["type"], r["severity"]) for r in result.divergences]
+    assert run.output.count("--max-hung-tests budget (1)") >= 2, run.output[-3000:]

@@ -96,3 +96,27 @@ def test_repro_of_an_offload_failure_is_no_verdict(tmp_path):
     assert replay.returncode == 3, replay.stdout + replay.stderr
     assert "the load agrees; 'P9 offload' needs more" in replay.stdout
     assert "re-run line" in replay.stdout
+
+
+
+def test_repro_of_a_shard_linked_outside_replays_as_the_same_critical_divergence(tmp_path):
+    """The file a hostile shard links to outside the checkpoint is saved with the repro, so
+    the replay meets the same critical divergence (the loader follows the link and loads
+    what the reference refuses as unsafe; before, the copied link dangled and the replay
+    met a crash instead), and the reference agrees with itself there."""
+    run = run_suite("tests.mutants.p11_shard_names_unvalidated", "conformance/test_hostile.py::"
+                    "test_named_hostile_checkpoint_is_refused[shard-symlink-outside]",
+                    records=tmp_path)
+    (record,) = [r for r in run.records_of("test_named_hostile_checkpoint_is_refused")
+                 if r["stage"] == "final"]
+    assert record["severity"] == "critical", record["divergences"]
+    command = [t for t in shlex.split(record["repro_command"]) if not t.startswith("PYTHONPATH=")]
+    replay = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert replay.returncode == 1 and "candidate: loaded" in replay.stdout \
+        and "[critical] candidate loaded a checkpoint the reference refuses" in replay.stdout, \
+        replay.stdout + replay.stderr
+    agree = subprocess.run([sys.executable, "-m", "conformance.repro",
+                            record["repro_checkpoint"], "--loader", "reference"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert agree.returncode == 0 and "UnsafeCheckpointError" in agree.stdout, agree.stdout

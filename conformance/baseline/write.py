@@ -85,7 +85,7 @@ def entries_from_runs(runs: Iterable[Any], baseline: Baseline, prefix: str | Non
         for record in run.divergences:
             test = str(record.get("test") or "")
             items = [d for d in record.get("divergences") or [] if isinstance(d, dict)]
-            items = baseline.split(test, items)[1]
+            items = baseline.split(test, items, record.get("features"))[1]
             if not items:
                 continue
             keys, summary, seen = new.setdefault(short_test(test), ([], _headline(items[0]), set()))
@@ -132,6 +132,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _feature_text(value: Any) -> str:
+    """A match value as a findings table shows it: a `case` table as (name=pattern, ...)."""
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}={v}" for k, v in value.items()) + ")"
+    return str(value)
+
+
 def findings_table(baseline: Baseline, name: str) -> str:
     """The Markdown table of a baseline's entries, as the findings pages show it."""
     lines = [f"Known divergences of `{baseline.loader or name}` "
@@ -140,7 +147,8 @@ def findings_table(baseline: Baseline, name: str) -> str:
              "| id | class | property test | what diverges | upstream | seen on |",
              "|---|---|---|---|---|---|"]
     for e in baseline.entries:
-        what = "; ".join(" ".join(f"{k}={v}" for k, v in m.to_dict().items()) for m in e.matches)
+        what = "; ".join(" ".join(f"{k}={_feature_text(v)}" for k, v in m.to_dict().items())
+                         for m in e.matches)
         lines.append(f"| {e.id} | {e.klass} | `{_cell(e.test)}` | "
                      f"{_cell(e.summary) + ' — ' if e.summary else ''}<sub>{_cell(what)}</sub> | "
                      f"{_cell(e.upstream) or '-'} | {_cell(', '.join(e.seen)) or '-'} |")
