@@ -63,7 +63,7 @@ def checkpoint_keys(spec: ModelSpec) -> Mapping[str, KeyTarget]:
              for name, shape in shapes.items()}
     for layer in range(spec.num_layers):
         for fused, parts in FUSED_PROJECTIONS.items():
-            for suffix in ("weight", "bias", "weight_scale", "input_scale"):
+            for suffix in ("weight", "bias", "weight_scale", "input_scale", "weight_scale_inv"):
                 names = [f"model.layers.{layer}.{part}.{suffix}" for part in parts]
                 if not all(n in shapes for n in names):
                     continue
