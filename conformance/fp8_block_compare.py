@@ -155,14 +155,14 @@ def block_round_trip_divergences(weights: Mapping[str, torch.Tensor],
             r, c = i // block[0], j // block[1]
             slot = fused_slot(name)
             matrix = f"{name[:-len('.weight')]}{' (' + slot.text() + ')' if slot else ''}"
+            amax = float(w[r * block[0]:(r + 1) * block[0],
+                           c * block[1]:(c + 1) * block[1]].abs().max())
             what = ("a zero block must get a finite scale and dequantize to exactly 0"
-                    if not bool(w[r * block[0]:(r + 1) * block[0],
-                                  c * block[1]:(c + 1) * block[1]].abs().max() > 0)
-                    else "dequantizes more than half a code step away")
+                    if amax == 0 else "dequantizes more than half a code step away")
             out.append(Divergence(
                 "fp8", name, f"{matrix}: block ({r}, {c}) (block {block[0]}x{block[1]}): "
                 f"{what}: weight_scale_inv expected amax/448 = "
-                f"{float(w[r * block[0]:(r + 1) * block[0], c * block[1]:(c + 1) * block[1]].abs().max()) / 448:.6g}"
+                f"{amax / 448:.6g}"
                 f" (or its floor), found {float(scales[r, c]):.6g}; {int(bad.sum())} of "
                 f"{w.numel()} weights off; first at [{i}, {j}]: weight {float(w[i, j]):.6g}, "
                 f"dequantized {float(got[i, j]):.6g}",

@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from reference.checkpoint import shard_file_name, write_checkpoint, write_safetensors
-from reference.contract import DTYPES, ModelSpec, torch_dtype
+from reference.contract import DTYPES, ModelSpec, parameter_table, torch_dtype
 from reference.dtypes import PLAIN_FLOATS, SAFETENSORS_CODES
 from reference.names import layout_keys, to_checkpoint_tensors
 from .files import read_header_keys, respan, rewrite_index
@@ -90,11 +90,11 @@ class CheckpointPlan:
                 codes = values[name]
                 values[name] = torch.where(codes.float().isnan(), codes.float().new_tensor(
                     448.0), codes.float()).to(codes.dtype)
-            scales = dict(self.fp8_scales)
+            scales, table = dict(self.fp8_scales), parameter_table(self.spec)
             for name in values:
-                if name.endswith("_scale"):
+                if table[name].role in ("weight_scale", "input_scale"):
                     values[name] = torch.tensor(scales.get(name, 1.0), dtype=torch.float32)
-                elif name.endswith("_scale_inv"):  # block scales over 2^-20 .. 2^10
+                elif table[name].role == "block_scale":  # block scales over 2^-20 .. 2^10
                     values[name] = torch.exp2((values[name] * 4).clamp(-20, 10)).float()
         elif self.weight_gain != 1.0:
             for name in quantized:

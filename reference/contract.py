@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import torch
 
+from .params import FUSED_PROJECTIONS, LINEAR_PROJECTIONS, ParamInfo, parameter_table
+
 __all__ = [
     "CAPABILITIES", "VARIANTS", "variants_for", "per_family", "FAMILIES", "DTYPES", "FP8_CHECKPOINT_FORMATS",
     "LINEAR_PROJECTIONS", "fp8_quantization_config", "ModelSupport", "QuantSpec", "QUANT_FORMATS",
@@ -25,6 +27,7 @@ __all__ = [
     "UnsafeCheckpointError", "CorruptCheckpointError", "UnsupportedDtypeError",
     "UnsupportedLayoutError", "NonFiniteInputError", "ERROR_FAMILIES",
     "CONFIG_FILE", "SINGLE_FILE", "INDEX_FILE", "check_loader", "torch_dtype",
+    "FUSED_PROJECTIONS", "ParamInfo", "parameter_table",
 ]
 
 CONFIG_FILE = "config.json"
@@ -71,8 +74,9 @@ CAPABILITIES = {**CAPABILITIES,
 # ----- block-wise FP8 (issue 16: reference/quant/fp8_block.py) --------------------------
 CAPABILITIES = {**CAPABILITIES,
                 "fp8_block_serialized": "serialized block-wise FP8 checkpoints (FP8 weights, a "
-                                        "float32 weight_scale_inv per [bn, bk] block, `quant_method: "
-                                        "fp8` with weight_block_size), split or fused on disk",
+                                        "float32 weight_scale_inv per [bn, bk] block, "
+                                        "`quant_method: fp8` with weight_block_size), split "
+                                        "or fused on disk",
                 "fp8_block_online": "online block-wise FP8: LoadOptions(quantize='fp8_block', "
                                     "quant_block=(bn, bk)) returns codes and a weight_scale_inv "
                                     "grid per linear"}
@@ -152,10 +156,9 @@ VARIANTS = {**VARIANTS,
 
 FAMILIES = ("llama", "qwen2", "phi3")
 FP8_CHECKPOINT_FORMATS = (None, "compressed-tensors", "fp8")
-# The linear projections of a decoder layer: what FP8 quantizes (never embeddings, norms,
-# the head, biases or extras).
-LINEAR_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                      "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# The linear projections of a decoder layer (what FP8 quantizes: never embeddings, norms,
+# the head, biases or extras) and the fused modules that stack some of them live in
+# reference/params.py with the parameter table, and are re-exported here.
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -355,7 +358,8 @@ class ModelSpec:
     def parameter_dtype(self, name: str, override: str | None = None) -> torch.dtype:
         """The dtype a canonical parameter has after loading (`override` replaces the
         spec's float dtype, never an extra's own dtype)."""
-        if self.quantized_on_disk and name.endswith(("_scale", "_scale_inv")):
+        info = parameter_table(self).get(name)
+        if self.quantized_on_disk and info is not None and info.is_scale:
             return torch.float32
         if self.quantized_on_disk and name in self.quantized_weights():
             return torch.float8_e4m3fn
@@ -493,8 +497,8 @@ class LoadOptions:
 
 
 # (parent, module) of a canonical projection -> the fused module that stacks it in memory
-_FUSED_MODULE_OF = {("self_attn", m): "qkv_proj" for m in ("q_proj", "k_proj", "v_proj")} | {
-    ("mlp", m): "gate_up_proj" for m in ("gate_proj", "up_proj")}
+_FUSED_MODULE_OF = {tuple(part.split(".")): fused.split(".")[1]
+                    for fused, parts in FUSED_PROJECTIONS.items() for part in parts}
 
 
 @dataclass(frozen=True)
@@ -812,3 +816,4 @@ def check_loader(obj: Any) -> list[str]:
         problems.append("claims 'reload' but has no callable reload(result, checkpoint, spec, "
                         "options)")
     return problems
+

@@ -19,7 +19,7 @@ from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
 from .contract import (CAPABILITIES, CONFIG_FILE, per_family, variants_for, CorruptCheckpointError, LoadError, LoadOptions,
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
-                       QuantSpec,
+                       QuantSpec, parameter_table,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
 from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast, cast_float
@@ -467,7 +467,8 @@ class ReferenceLoader:
         written by the checkpoint (a fused-on-disk scale fills them all)."""
         if self.fp8_rules.scale_storage != "float32":  # issue 17: scales in the weight dtype
             dtype = views["model.embed_tokens.weight"].dtype
-            for name in sorted(n for n in loaded if n.endswith("_scale")):
+            table = parameter_table(spec)
+            for name in sorted(n for n in loaded if n in table and table[n].is_scale):
                 views[name].copy_(self.fp8_rules.stored_scale(views[name], dtype))
         if self.fp8_rules.fused_scales_of(spec) != "max_requant":
             return

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import ModelSpec
+from .contract import ModelSpec, parameter_table
 from .dtypes import poison_
 from .fp8 import dequantize
 from .quant.fp8_block import dequantize_blocks
@@ -94,8 +94,9 @@ class TinyDecoderLM(nn.Module):
         # extras, serialized FP8 weights and every scale keep their own dtype
         own_dtype = {e.canonical_name for e in spec.extras} | (
             set(spec.quantized_weights()) if spec.quantized_on_disk else set())
+        table = parameter_table(spec)
         self.dtypes = {n: spec.parameter_dtype(n, None)
-                       if n in own_dtype or n.endswith(("_scale", "_scale_inv")) else dtype
+                       if n in own_dtype or table[n].is_scale else dtype
                        for n in self.shapes}
         self.fused_parts: dict[str, tuple[str, ...]] = {}  # fused param name -> canonical parts
         # [bn, bk] of block FP8 scales (`..._scale_inv`), serialized or installed online

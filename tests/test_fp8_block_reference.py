@@ -104,3 +104,20 @@ def test_online_block_quantization_needs_its_block():
         logits = ReferenceLoader().forward(result, torch.tensor([[1, 2]]))
         assert bool(torch.isfinite(logits).all())
         assert result.state["model.layers.0.mlp.down_proj.weight_scale_inv"].shape == (8, 4)
+
+
+def test_the_parameter_table_says_what_each_parameter_is():
+    from reference.contract import ExtraParam, parameter_table
+    spec = replace(SPEC, extras=(ExtraParam("mask", "bool", (2,), layer=0),))
+    table = parameter_table(spec)
+    assert set(table) == set(spec.parameter_shapes())
+    k = table["model.layers.0.self_attn.k_proj.weight"]
+    assert (k.role, k.layer, k.module, k.fused, k.slot, k.tp_dim) == (
+        "linear_weight", 0, "self_attn.k_proj", "self_attn.qkv_proj", 1, 0)
+    assert k.quant == ("model.layers.0.self_attn.k_proj.weight_scale_inv",)
+    scale = table["model.layers.0.mlp.down_proj.weight_scale_inv"]
+    assert (scale.role, scale.of, scale.tp_dim, scale.is_scale) == (
+        "block_scale", "model.layers.0.mlp.down_proj.weight", 1, True)
+    assert table["model.layers.0.extras.mask"].role == "extra"
+    assert table["model.layers.0.input_layernorm.weight"].role == "norm"
+    assert parameter_table(spec) is table  # computed once per spec
