@@ -18,6 +18,7 @@ from reference.dtypes import FP8_DTYPES, poison_mask
 from reference.fp8 import FP8, FP8_MAX, code_step, dequantize, input_scale_name, scale_name
 from reports.schema import Diffs
 from .compare import Divergence, compare_tensor, fused_slot
+from .quant_compare import register
 
 __all__ = ["slot_of", "fp8_divergences", "refine_fp8", "zero_weight_divergences",
            "round_trip_divergences", "codes_within_one_step", "code_agreement", "fp8_matmul_tolerance",
@@ -306,3 +307,8 @@ def scaled_mm_divergences(found: Mapping[str, torch.Tensor],
                                   f"tolerance, by up to "
                                   f"{float(excess.nan_to_num(float('inf')).max()):.3g}"))
     return out
+
+
+@register("fp8")
+def _refine_per_tensor(divergences, expected, found, spec, options=None):
+    return refine_fp8(divergences, expected, found, spec)

@@ -28,7 +28,7 @@ from reports.schema import DivergenceRecord, Source, TPSlice, worst
 from .compare import (Divergence, Outcome, Where, compare_outcomes, compare_states,
                       run_outcome)
 from .failures import failure_message, failure_type, ordered_by_cause, repro_slug
-from .fp8_compare import refine_fp8
+from .quant_compare import refine_quantized
 from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
 from .survival import HungTestStopped, call_with_timeout, checked_result
@@ -371,8 +371,8 @@ def outcome_divergences(case: LoadCase, expected: Outcome, found: Outcome,
                                    where=provenance(case, directory))
     if expected.result is not None and found.result is not None:  # the objects, not the report
         divergences += unreported_sharing(found.result.state, found.result.aliases)
-    return refine_fp8(divergences, expected.result and expected.result.state,
-                      found.result and found.result.state, case.plan.spec)
+    return refine_quantized(divergences, expected.result and expected.result.state,
+                            found.result and found.result.state, case.plan.spec, case.options)
 
 
 def check_case(case: LoadCase, prop: str) -> tuple[Outcome, Outcome]:
@@ -392,5 +392,5 @@ def fail_if_states_differ(first: Outcome, second: Outcome, prop: str, case: Load
     if first.result is not None and second.result is not None:
         divergences = compare_states(first.result.state, second.result.state,
                                      where=lambda n: title)
-        fail_on(refine_fp8(divergences, first.result.state, second.result.state,
-                           case.plan.spec), prop, case, title=title)
+        fail_on(refine_quantized(divergences, first.result.state, second.result.state,
+                                 case.plan.spec, case.options), prop, case, title=title)

@@ -36,7 +36,8 @@ REPLAYED = frozenset({
     "order", "P10 tying", "P6 tracking", "P6 unexpected keys", "P6 strict", "P6 FP8 tracking",
     "P8 meta init", "P8 meta submodule", "P11 sharded index", "P11 hostile checkpoint",
     "P11 corrupted bytes", "P3 FP8 scale slots", "P3 FP8 fused/split", "P4 online FP8",
-    "P12 non-finite"})
+    "P12 non-finite"}) | {  # block FP8 (issue 16)
+    "P3b block FP8 checkpoint", "P3b block FP8 fused/split", "P4b online block FP8"}
 
 
 def save_checkpoint(source: Path, target: Path, limit: int = REPRO_COPY_LIMIT) -> list[str]:

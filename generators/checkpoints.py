@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from reference.checkpoint import shard_file_name, write_checkpoint, write_safetensors
-from reference.contract import DTYPES, ModelSpec, torch_dtype
+from reference.contract import DTYPES, ModelSpec, parameter_table, torch_dtype
 from reference.dtypes import PLAIN_FLOATS, SAFETENSORS_CODES
 from reference.names import layout_keys, to_checkpoint_tensors
 from .files import read_header_keys, respan, rewrite_index
@@ -76,21 +76,26 @@ class CheckpointPlan:
     zero_rows: tuple[str, ...] = ()      # ... with one inner row zero (per-row scales)
     amax_spikes: tuple[str, ...] = ()    # ... whose amax is one negative element
     non_finite: tuple[tuple[str, float], ...] = ()  # (canonical name, value at index 0)
+    # block FP8 (issue 16): linear weights whose top-left 4x8 corner is zero (a whole zero
+    # block for every block the generators draw, bn <= 4 and bk <= 8)
+    zero_blocks: tuple[str, ...] = ()
 
     # ----- the tensors ----------------------------------------------------------------
     def canonical(self) -> dict[str, torch.Tensor]:
         """The values the reference will hold, in the disk dtype, per canonical name."""
         values = canonical_tensors(self.spec, self.data_seed, torch_dtype(self.disk_dtype))
         quantized = self.spec.quantized_weights()
-        if self.spec.fp8_checkpoint:
+        if self.spec.quantized_on_disk:
             for name in quantized:  # every finite code; NaN codes only as a defect
                 codes = values[name]
                 values[name] = torch.where(codes.float().isnan(), codes.float().new_tensor(
                     448.0), codes.float()).to(codes.dtype)
-            scales = dict(self.fp8_scales)
+            scales, table = dict(self.fp8_scales), parameter_table(self.spec)
             for name in values:
-                if name.endswith("_scale"):
+                if table[name].role in ("weight_scale", "input_scale"):
                     values[name] = torch.tensor(scales.get(name, 1.0), dtype=torch.float32)
+                elif table[name].role == "block_scale":  # block scales over 2^-20 .. 2^10
+                    values[name] = torch.exp2((values[name] * 4).clamp(-20, 10)).float()
         elif self.weight_gain != 1.0:
             for name in quantized:
                 values[name] = (values[name].float() * self.weight_gain).to(values[name].dtype)
@@ -100,6 +105,9 @@ class CheckpointPlan:
             values[name] = spiked.to(values[name].dtype)
         for name in self.zero_weights:
             values[name] = torch.zeros_like(values[name])
+        for name in self.zero_blocks:
+            values[name] = values[name].clone()
+            values[name][:4, :8] = 0
         for name in self.zero_rows:
             values[name] = values[name].clone()
             values[name][len(values[name]) // 2] = 0
@@ -212,6 +220,8 @@ class CheckpointPlan:
             parts.append(f"a zero row in: {', '.join(self.zero_rows)}")
         if self.amax_spikes:
             parts.append(f"amax in one element of: {', '.join(self.amax_spikes)}")
+        if self.zero_blocks:
+            parts.append(f"a zero block in: {', '.join(self.zero_blocks)}")
         if self.non_finite:
             parts.append("non-finite: " + ", ".join(f"{n}[0]={v}" for n, v in self.non_finite))
         return "; ".join(parts)

@@ -17,14 +17,17 @@ from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import torch
 
+from .params import FUSED_PROJECTIONS, LINEAR_PROJECTIONS, ParamInfo, parameter_table
+
 __all__ = [
     "CAPABILITIES", "VARIANTS", "variants_for", "per_family", "FAMILIES", "DTYPES", "FP8_CHECKPOINT_FORMATS",
-    "LINEAR_PROJECTIONS", "fp8_quantization_config", "ModelSupport",
+    "LINEAR_PROJECTIONS", "fp8_quantization_config", "ModelSupport", "QuantSpec", "QUANT_FORMATS",
     "ExtraParam", "ModelSpec", "LoadOptions", "LoadResult", "Loader", "OffloadPlan",
     "LoadError", "ShapeMismatchError", "MissingWeightsError", "UnexpectedKeysError",
     "UnsafeCheckpointError", "CorruptCheckpointError", "UnsupportedDtypeError",
     "UnsupportedLayoutError", "NonFiniteInputError", "ERROR_FAMILIES",
     "CONFIG_FILE", "SINGLE_FILE", "INDEX_FILE", "check_loader", "torch_dtype",
+    "FUSED_PROJECTIONS", "ParamInfo", "parameter_table",
 ]
 
 CONFIG_FILE = "config.json"
@@ -67,6 +70,16 @@ CAPABILITIES: Mapping[str, str] = {
 CAPABILITIES = {**CAPABILITIES,
                 "fp8_vllm_config": "with fp8_serialized: also vLLM's `quant_method: fp8` "
                                    "per-tensor config (compressed-tensors otherwise)"}
+
+# ----- block-wise FP8 (issue 16: reference/quant/fp8_block.py) --------------------------
+CAPABILITIES = {**CAPABILITIES,
+                "fp8_block_serialized": "serialized block-wise FP8 checkpoints (FP8 weights, a "
+                                        "float32 weight_scale_inv per [bn, bk] block, "
+                                        "`quant_method: fp8` with weight_block_size), split "
+                                        "or fused on disk",
+                "fp8_block_online": "online block-wise FP8: LoadOptions(quantize='fp8_block', "
+                                    "quant_block=(bn, bk)) returns codes and a weight_scale_inv "
+                                    "grid per linear"}
 
 # Where real loaders legitimately differ. Each variant has a default (the first value);
 # a loader declares which one it follows and the reference computes the expected
@@ -133,12 +146,19 @@ VARIANTS = {**VARIANTS,
     "vocab_shards": ("even", "padded64"),
 }
 
+# ----- block-wise FP8 (issue 16) -----------------------------------------------------------
+VARIANTS = {**VARIANTS,
+    # How a loader keeps the q/k/v and gate/up of a block-quantized model: stacked in one
+    # parameter with their scale rows (vLLM), which refuses a shard boundary that is not a
+    # multiple of block_n; or one module each (transformers), which does not need it.
+    "fp8_block_fusion": ("fused", "per_module"),
+}
+
 FAMILIES = ("llama", "qwen2", "phi3")
 FP8_CHECKPOINT_FORMATS = (None, "compressed-tensors", "fp8")
-# The linear projections of a decoder layer: what FP8 quantizes (never embeddings, norms,
-# the head, biases or extras).
-LINEAR_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                      "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# The linear projections of a decoder layer (what FP8 quantizes: never embeddings, norms,
+# the head, biases or extras) and the fused modules that stack some of them live in
+# reference/params.py with the parameter table, and are re-exported here.
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -164,6 +184,39 @@ def fp8_quantization_config(form: str, input_scale: bool) -> dict[str, Any]:
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": fp8,
                                           "input_activations": dict(fp8) if input_scale else None,
                                           "output_activations": None}}}
+
+
+# The formats `ModelSpec.quant` may name (reference/quant/: one module each). Per-tensor
+# FP8 keeps its own fields (`fp8_checkpoint`, `fp8_input_scale`), which every adapter reads.
+QUANT_FORMATS = ("fp8_block",)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A serialized quantized checkpoint of a format in reference/quant/ (`format`), with
+    its block shape [bn, bk] (rows, cols) where the format has blocks."""
+
+    format: str
+    block: tuple[int, int] = (128, 128)
+
+    def __post_init__(self) -> None:
+        if self.format not in QUANT_FORMATS:
+            raise ValueError(f"quant format {self.format!r} is not one of {QUANT_FORMATS}")
+        object.__setattr__(self, "block", tuple(int(b) for b in self.block))
+        if len(self.block) != 2 or min(self.block) < 1:
+            raise ValueError(f"quant block {self.block} is not two positive sizes [bn, bk]")
+
+    def tensor_shapes(self, weight: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The canonical tensors beside quantized `weight` and their shapes (the format's)."""
+        from .quant import format_of  # the formats import this module
+        return format_of(self).tensor_shapes(self, weight, shape)
+
+    def quantization_config(self) -> dict[str, Any]:
+        from .quant import format_of
+        return format_of(self).quantization_config(self)
+
+    def summary(self) -> str:
+        return f"{self.format} [{self.block[0]}x{self.block[1]}]"
 
 
 @dataclass(frozen=True)
@@ -213,6 +266,7 @@ class ModelSpec:
     # "compressed-tensors" (float-quantized, strategy tensor) or "fp8" (vLLM's Fp8Config).
     fp8_checkpoint: str | None = None
     fp8_input_scale: bool = False  # static activation scales (input_scale) in the checkpoint
+    quant: QuantSpec | None = None  # a serialized checkpoint of another format (issue 16)
 
     def __post_init__(self) -> None:
         problems = []
@@ -221,6 +275,9 @@ class ModelSpec:
                             f"{FP8_CHECKPOINT_FORMATS}")
         if self.fp8_input_scale and not self.fp8_checkpoint:
             problems.append("fp8_input_scale needs an fp8_checkpoint")
+        if self.quant is not None and self.fp8_checkpoint:
+            problems.append("a checkpoint is per-tensor FP8 (fp8_checkpoint) or another "
+                            "format (quant), not both")
         if self.family not in FAMILIES:
             problems.append(f"family {self.family!r} is not one of {FAMILIES}")
         if self.dtype not in DTYPES:
@@ -283,6 +340,9 @@ class ModelSpec:
                     shapes[f"{p}.{module}.weight_scale"] = ()
                     if self.fp8_input_scale:
                         shapes[f"{p}.{module}.input_scale"] = ()
+                if self.quant is not None:
+                    shapes.update(self.quant.tensor_shapes(f"{p}.{module}.weight",
+                                                           (out_features, in_features)))
             shapes[f"{p}.post_attention_layernorm.weight"] = (h,)
         shapes["model.norm.weight"] = (h,)
         if self.meta_submodule:
@@ -298,14 +358,20 @@ class ModelSpec:
     def parameter_dtype(self, name: str, override: str | None = None) -> torch.dtype:
         """The dtype a canonical parameter has after loading (`override` replaces the
         spec's float dtype, never an extra's own dtype)."""
-        if self.fp8_checkpoint and name.endswith("_scale"):
+        info = parameter_table(self).get(name)
+        if self.quantized_on_disk and info is not None and info.is_scale:
             return torch.float32
-        if self.fp8_checkpoint and name in self.quantized_weights():
+        if self.quantized_on_disk and name in self.quantized_weights():
             return torch.float8_e4m3fn
         for extra in self.extras:
             if extra.canonical_name == name:
                 return torch_dtype(extra.dtype)
         return torch_dtype(override or self.dtype)
+
+    @property
+    def quantized_on_disk(self) -> bool:
+        """Whether the checkpoint is serialized quantized (per-tensor FP8 or `quant`)."""
+        return bool(self.fp8_checkpoint) or self.quant is not None
 
     def quantized_weights(self) -> tuple[str, ...]:
         """The canonical weights FP8 quantization applies to: every linear projection of
@@ -343,6 +409,8 @@ class ModelSpec:
         if self.fp8_checkpoint:
             config["quantization_config"] = fp8_quantization_config(
                 self.fp8_checkpoint, self.fp8_input_scale)
+        if self.quant is not None:
+            config["quantization_config"] = self.quant.quantization_config()
         # Our own keys, ignored by real loaders; they make the directory self-describing.
         config["loadcheck"] = {"spec": self.to_dict()}
         return config
@@ -350,6 +418,8 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["extras"] = [asdict(e) for e in self.extras]
+        if self.quant is None:  # specs of other formats serialize as before issue 16
+            del data["quant"]
         return data
 
     @classmethod
@@ -357,6 +427,8 @@ class ModelSpec:
         data = dict(data)
         data["extras"] = tuple(ExtraParam(e["name"], e["dtype"], tuple(e["shape"]),
                                           e.get("layer")) for e in data.get("extras", ()))
+        if data.get("quant") is not None:
+            data["quant"] = QuantSpec(data["quant"]["format"], tuple(data["quant"]["block"]))
         return cls(**data)
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -378,6 +450,8 @@ class ModelSpec:
         if self.fp8_checkpoint:
             bits.append(f"fp8 checkpoint ({self.fp8_checkpoint}"
                         + (", input scales)" if self.fp8_input_scale else ")"))
+        if self.quant is not None:
+            bits.append(f"{self.quant.summary()} checkpoint")
         if self.extras:
             bits.append("extras=" + ",".join(
                 f"{e.name}:{e.dtype}" + (f"@L{e.layer}" if e.layer is not None else "")
@@ -401,11 +475,14 @@ class LoadOptions:
     meta_init: bool = False
     poison: bool = False
     check_finite: bool = False
-    quantize: str | None = None  # "fp8": online per-tensor FP8 after loading
+    quantize: str | None = None  # "fp8": online per-tensor FP8; "fp8_block": block-wise
+    quant_block: tuple[int, int] | None = None  # [bn, bk] of quantize="fp8_block"
 
     def __post_init__(self) -> None:
-        if self.quantize not in (None, "fp8"):
-            raise ValueError(f"quantize={self.quantize!r}: only None or 'fp8'")
+        if self.quantize not in (None, "fp8", "fp8_block"):
+            raise ValueError(f"quantize={self.quantize!r}: only None, 'fp8' or 'fp8_block'")
+        if (self.quantize == "fp8_block") != (self.quant_block is not None):
+            raise ValueError("quantize='fp8_block' takes quant_block=(bn, bk), and only it")
         if not 0 <= self.tp_rank < self.tp_size:
             raise ValueError(f"tp_rank={self.tp_rank} is outside tp_size={self.tp_size}")
 
@@ -415,12 +492,13 @@ class LoadOptions:
         parts = [self.device] + ([f"dtype={self.dtype}"] if self.dtype else [])
         parts += [f"tp={self.tp_rank}/{self.tp_size}"] if self.tp_size > 1 else []
         parts += [f"quantize={self.quantize}"] if self.quantize else []
+        parts += [f"block={self.quant_block[0]}x{self.quant_block[1]}"] if self.quant_block else []
         return " ".join(parts + on)
 
 
 # (parent, module) of a canonical projection -> the fused module that stacks it in memory
-_FUSED_MODULE_OF = {("self_attn", m): "qkv_proj" for m in ("q_proj", "k_proj", "v_proj")} | {
-    ("mlp", m): "gate_up_proj" for m in ("gate_proj", "up_proj")}
+_FUSED_MODULE_OF = {tuple(part.split(".")): fused.split(".")[1]
+                    for fused, parts in FUSED_PROJECTIONS.items() for part in parts}
 
 
 @dataclass(frozen=True)
@@ -738,3 +816,4 @@ def check_loader(obj: Any) -> list[str]:
         problems.append("claims 'reload' but has no callable reload(result, checkpoint, spec, "
                         "options)")
     return problems
+

@@ -19,12 +19,15 @@ from .accounting import parameter_bytes
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
 from .contract import (CAPABILITIES, CONFIG_FILE, per_family, variants_for, CorruptCheckpointError, LoadError, LoadOptions,
                        LoadResult, MissingWeightsError, ModelSpec, NonFiniteInputError, OffloadPlan,
+                       QuantSpec, parameter_table,
                        ShapeMismatchError, UnexpectedKeysError, UnsupportedDtypeError,
                        UnsupportedLayoutError, torch_dtype)
 from .dtypes import FP8_DTYPES, PLAIN_FLOATS, can_cast, cast_float
 from .filemap import map_concatenated
 from .fp8 import Fp8Rules, input_scale_name, quantize_groups, requantize_to_max, scale_name
 from .model import TinyDecoderLM
+from .quant import format_of
+from .quant.fp8_block import quantize_block_weights
 from .offload import PrefetchOffloader
 from .names import FUSED_PROJECTIONS, TIED_HEAD_KEY, KeyTarget, Slot, checkpoint_keys
 from .tp import RankSlice, check_tp, rank_slice
@@ -125,10 +128,11 @@ class ReferenceLoader:
             with self.family_variants(spec.family):
                 return self.load(checkpoint, spec, options)
         check_tp(spec, options.tp_size, self.variants["vocab_shards"])
-        if options.quantize and spec.fp8_checkpoint:
+        if options.quantize and spec.quantized_on_disk:
             raise UnsupportedLayoutError(
                 f"online {options.quantize} quantization of a checkpoint that is already "
-                f"FP8 ({spec.fp8_checkpoint})", subject=CONFIG_FILE)
+                f"quantized ({spec.fp8_checkpoint or spec.quant.summary()})", subject=CONFIG_FILE)
+        self.check_quant_layout(spec, options)
         with self.open(checkpoint) as ckpt:
             plan = self.plan(spec, self.entries(ckpt), options)
             plan.raise_first()
@@ -150,6 +154,10 @@ class ReferenceLoader:
             self.requantize_serialized(model.canonical_views(), spec, plan.loaded)
         if options.quantize == "fp8":
             model.install_fp8(self.quantize_online(model.canonical_views(), spec, plan.loaded))
+        if options.quantize == "fp8_block":
+            model.install_fp8(self.quantize_online_blocks(model.canonical_views(), spec,
+                                                          plan.loaded, options.quant_block),
+                              "weight_scale_inv", options.quant_block)
         self.finish(model, options)
         return self._result(model, spec, plan)
 
@@ -207,11 +215,13 @@ class ReferenceLoader:
                                       subject=names[0], names=frozenset(names))
         covered = set(staged.loaded)
         for name in list(covered):
-            if name + "_scale" in staged.state and live.dtypes.get(name) in FP8_DTYPES:
-                covered.add(name + "_scale")
+            for scale in (name + "_scale", name + "_scale_inv"):
+                if scale in staged.state and live.dtypes.get(name) in FP8_DTYPES:
+                    covered.add(scale)
         views = live.canonical_views()
         for name in sorted(covered):
-            if staged.state[name].dtype in FP8_DTYPES and name + "_scale" not in staged.state:
+            if staged.state[name].dtype in FP8_DTYPES and name + "_scale" not in staged.state \
+                    and name + "_scale_inv" not in staged.state:
                 continue  # a group not wholly reloaded stays as it was (never re-quantized)
             if views[name].dtype != staged.state[name].dtype:
                 continue
@@ -457,7 +467,8 @@ class ReferenceLoader:
         written by the checkpoint (a fused-on-disk scale fills them all)."""
         if self.fp8_rules.scale_storage != "float32":  # issue 17: scales in the weight dtype
             dtype = views["model.embed_tokens.weight"].dtype
-            for name in sorted(n for n in loaded if n.endswith("_scale")):
+            table = parameter_table(spec)
+            for name in sorted(n for n in loaded if n in table and table[n].is_scale):
                 views[name].copy_(self.fp8_rules.stored_scale(views[name], dtype))
         if self.fp8_rules.fused_scales_of(spec) != "max_requant":
             return
@@ -483,6 +494,22 @@ class ReferenceLoader:
         whose weights were all loaded (a missing weight's value is unspecified)."""
         weights = {n: views[n] for n in spec.quantized_weights()}
         return quantize_groups(weights, spec, self.fp8_rules, only=loaded)
+
+    def check_quant_layout(self, spec: ModelSpec, options: LoadOptions) -> None:
+        """Refuse, before reading anything, a quantized layout the format cannot hold under
+        the declared variants and this tp_size (block FP8: reference/quant/fp8_block.py)."""
+        quant = spec.quant or (QuantSpec("fp8_block", options.quant_block)
+                               if options.quant_block else None)
+        if quant is not None:
+            format_of(quant).check_layout(quant, spec, options.tp_size, self.variants)
+
+    def quantize_online_blocks(self, views: Mapping[str, torch.Tensor], spec: ModelSpec,
+                               loaded: set[str], block: tuple[int, int]
+                               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Online block FP8 codes and scale grids per canonical weight that was loaded
+        (each matrix its own blocks: fusion never changes them)."""
+        weights = {n: views[n] for n in spec.quantized_weights()}
+        return quantize_block_weights(weights, block, self.fp8_rules, only=loaded)
 
     def finish(self, model: TinyDecoderLM, options: LoadOptions) -> None:
         """The device move after loading: device only, never dtype."""

@@ -16,16 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import ModelSpec
+from .contract import ModelSpec, parameter_table
 from .dtypes import poison_
 from .fp8 import dequantize
+from .quant.fp8_block import dequantize_blocks
 from .names import FUSED_PROJECTIONS
 from .tp import rank_shapes
 
 __all__ = ["TinyDecoderLM", "rotary_inv_freq", "resampler_position_scale"]
 
-# The tensors of a linear module: its weight, bias, and (FP8) weight and input scales.
-_SUFFIXES = ("weight", "bias", "weight_scale", "input_scale")
+# The tensors of a linear module: its weight, bias, (FP8) weight and input scales, and
+# (block FP8) its scale grid.
+_SUFFIXES = ("weight", "bias", "weight_scale", "input_scale", "weight_scale_inv")
 
 
 def rotary_inv_freq(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -91,11 +93,14 @@ class TinyDecoderLM(nn.Module):
         self.shapes = rank_shapes(spec, tp_size, tp_rank, vocab_shards)
         # extras, serialized FP8 weights and every scale keep their own dtype
         own_dtype = {e.canonical_name for e in spec.extras} | (
-            set(spec.quantized_weights()) if spec.fp8_checkpoint else set())
+            set(spec.quantized_weights()) if spec.quantized_on_disk else set())
+        table = parameter_table(spec)
         self.dtypes = {n: spec.parameter_dtype(n, None)
-                       if n in own_dtype or n.endswith("_scale") else dtype
+                       if n in own_dtype or table[n].is_scale else dtype
                        for n in self.shapes}
         self.fused_parts: dict[str, tuple[str, ...]] = {}  # fused param name -> canonical parts
+        # [bn, bk] of block FP8 scales (`..._scale_inv`), serialized or installed online
+        self.quant_block = spec.quant.block if spec.quant is not None else None
 
         model = nn.Module()
         model.embed_tokens = _Weights(self._params(["model.embed_tokens.weight"], device))
@@ -155,7 +160,7 @@ class TinyDecoderLM(nn.Module):
             parent = getattr(block, fused_name.split(".")[0])
             if self.fused:
                 params = {}
-                for suffix in ("weight", "bias", "weight_scale", "input_scale"):
+                for suffix in _SUFFIXES:
                     names = [f"{prefix}.{p}.{suffix}" for p in parts if
                              f"{prefix}.{p}.{suffix}" in self.shapes]
                     if names:
@@ -254,12 +259,18 @@ class TinyDecoderLM(nn.Module):
         param.data = tensor
         return True
 
-    def install_fp8(self, quantized: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def install_fp8(self, quantized: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                    scale_suffix: str = "weight_scale",
+                    block: tuple[int, int] | None = None) -> None:
         """Hold FP8 codes and scales for the canonical weights in `quantized` (name ->
         (codes, effective scale)). The first time, each in-memory weight (fused or not)
         becomes an FP8 parameter with a `weight_scale` beside it (one slot per part, or one
-        per row); after that, new values are copied into the same storages, which must never
-        move (CUDA graphs hold their addresses)."""
+        per row; block FP8: a `weight_scale_inv` grid, the parts' block rows stacked, with
+        `block` its [bn, bk]); after that, new values are copied into the same storages,
+        which must never move (CUDA graphs hold their addresses)."""
+        attr, tail = scale_suffix, scale_suffix[len("weight"):]
+        if block is not None:
+            self.quant_block = block
         for param_name, param in list(self.named_parameters()):
             parts = self.fused_parts.get(param_name, (param_name,))
             if not param_name.endswith(".weight") or parts[0] not in quantized:
@@ -269,18 +280,18 @@ class TinyDecoderLM(nn.Module):
             scale = torch.cat(scales) if scales[0].dim() else (
                 torch.stack(scales) if len(parts) > 1 else scales[0])
             module = self.get_submodule(param_name.rsplit(".", 1)[0])
-            if param.dtype == codes.dtype and hasattr(module, "weight_scale"):
+            if param.dtype == codes.dtype and hasattr(module, attr):
                 param.data.copy_(codes.to(param.device))
-                module.weight_scale.data.copy_(scale.to(param.device))
+                getattr(module, attr).data.copy_(scale.to(param.device))
                 continue
             module.weight = nn.Parameter(codes.to(param.device), requires_grad=False)
-            module.weight_scale = nn.Parameter(scale.to(param.device), requires_grad=False)
+            setattr(module, attr, nn.Parameter(scale.to(param.device), requires_grad=False))
             for part in parts:
-                self.shapes[part + "_scale"] = tuple(quantized[part][1].shape)
-                self.dtypes[part + "_scale"] = torch.float32
+                self.shapes[part + tail] = tuple(quantized[part][1].shape)
+                self.dtypes[part + tail] = torch.float32
                 self.dtypes[part] = codes.dtype
             if len(parts) > 1:
-                self.fused_parts[param_name + "_scale"] = tuple(p + "_scale" for p in parts)
+                self.fused_parts[param_name + tail] = tuple(p + tail for p in parts)
 
     def named_canonical_buffers(self) -> dict[str, torch.Tensor]:
         return {n: b for n, b in self.named_buffers() if n.startswith("model.")}
@@ -299,7 +310,8 @@ class TinyDecoderLM(nn.Module):
         def weights(prefix: str) -> dict[str, torch.Tensor]:
             views = self.canonical_views()
             return {n: dequantize(t, views[n + "_scale"]) if n + "_scale" in views
-                    else t.float() for n, t in views.items()
+                    else dequantize_blocks(t, views[n + "_scale_inv"], self.quant_block)
+                    if n + "_scale_inv" in views else t.float() for n, t in views.items()
                     if n.startswith(prefix) and ".extras." not in n}  # extras feed nothing
 
         w = weights("model.embed_tokens.")

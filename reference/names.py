@@ -14,16 +14,13 @@ from typing import Mapping
 
 import torch
 
-from .contract import ModelSpec
+from .contract import FUSED_PROJECTIONS, ModelSpec
 
 __all__ = ["FUSED_PROJECTIONS", "TIED_HEAD_KEY", "Slot", "KeyTarget", "checkpoint_keys",
            "layout_keys", "fused_qkv_rows", "fused_gate_up_rows", "to_checkpoint_tensors"]
 
-# fused module -> the logical modules stacked in its rows, in order.
-FUSED_PROJECTIONS: Mapping[str, tuple[str, ...]] = {
-    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
-}
+# FUSED_PROJECTIONS (fused module -> its logical modules, in row order) lives in
+# reference.contract, beside the parameter table; it is re-exported here.
 TIED_HEAD_KEY = "lm_head.weight"
 
 
@@ -63,7 +60,7 @@ def checkpoint_keys(spec: ModelSpec) -> Mapping[str, KeyTarget]:
              for name, shape in shapes.items()}
     for layer in range(spec.num_layers):
         for fused, parts in FUSED_PROJECTIONS.items():
-            for suffix in ("weight", "bias", "weight_scale", "input_scale"):
+            for suffix in ("weight", "bias", "weight_scale", "input_scale", "weight_scale_inv"):
                 names = [f"model.layers.{layer}.{part}.{suffix}" for part in parts]
                 if not all(n in shapes for n in names):
                     continue

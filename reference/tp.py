@@ -57,11 +57,21 @@ def _module(name: str) -> str:
 
 
 def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int,
-               vocab_shards: str = "even") -> RankSlice | None:
+               vocab_shards: str = "even", block: tuple[int, int] | None = None
+               ) -> RankSlice | None:
     """The part of canonical parameter `name` that rank `rank` holds (None: all of it);
-    `vocab_shards` is the contract variant of that name."""
+    `vocab_shards` is the contract variant of that name. A block scale grid
+    (`..._scale_inv`) is sliced with its weight, in blocks of `block` (default: the spec's
+    `quant.block`; an online block quantization passes its own)."""
     if tp_size == 1:
         return None
+    if name.endswith("_scale_inv"):  # the scale rows / columns of the rank's weight blocks
+        block = block or (spec.quant.block if spec.quant is not None else None)
+        piece = rank_slice(spec, name[: -len("_scale_inv")], tp_size, rank, vocab_shards)
+        if piece is None or block is None:
+            return None
+        size = block[piece.dim]
+        return RankSlice(piece.dim, piece.start // size, -(-piece.stop // size))
     module, is_weight = _module(name), name.endswith(".weight")
     if name in _VOCAB and vocab_shards == "padded64":
         per = -(-spec.vocab_size // 64) * 64 // tp_size
@@ -103,19 +113,20 @@ def rank_shapes(spec: ModelSpec, tp_size: int, rank: int, vocab_shards: str = "e
 
 
 def gather_ranks(spec: ModelSpec, states: Sequence[Mapping[str, torch.Tensor]],
-                 vocab_shards: str = "even") -> dict[str, torch.Tensor]:
+                 vocab_shards: str = "even", block: tuple[int, int] | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Reassemble the tp_size=1 state from every rank's state (in rank order), each rank
-    split under the `vocab_shards` variant."""
+    split under the `vocab_shards` variant (block scale grids in blocks of `block`)."""
     tp_size = len(states)
     full = {}
     for name in states[0]:
-        first = rank_slice(spec, name, tp_size, 0, vocab_shards)
+        first = rank_slice(spec, name, tp_size, 0, vocab_shards, block)
         if first is None:
             full[name] = states[0][name]
             continue
         seen, pieces = set(), []
         for rank, state in enumerate(states):
-            piece = rank_slice(spec, name, tp_size, rank, vocab_shards)
+            piece = rank_slice(spec, name, tp_size, rank, vocab_shards, block)
             if (piece.start, piece.stop) not in seen:  # replicated kv heads: keep one copy
                 seen.add((piece.start, piece.stop))
                 pieces.append(state[name])

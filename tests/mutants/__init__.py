@@ -32,6 +32,9 @@ MUTANTS = (
     "p3_max_scale_without_requantizing", "p12_scale_floor_missing",
     "p4_quantize_after_load_per_tensor", "p4_float16_scale_underflows",
     "p12_nan_codes_not_checked", "p12_row_floor_from_tensor_amax", "p6_scales_exempt_from_tracking",
+) + (  # block FP8 (issue 16)
+    "p3b_tp_scale_rows_not_sliced", "p3b_scale_grid_transposed", "p3b_scale_inv_as_divisor",
+    "p4b_partial_edge_block_dropped", "p3b_fused_boundary_misaligned_silently",
 )
 
 
