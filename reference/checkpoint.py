@@ -110,8 +110,9 @@ def _load_json(path: Path, what: str, limit: int = MAX_INDEX_BYTES) -> Any:
     return _parse_json(raw, path.name, what)
 
 
-def read_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse and validate one safetensors file's header; reads no tensor data."""
+def read_header(path: Path, trailing_bytes: str = "refuse") -> dict[str, TensorEntry]:
+    """Parse and validate one safetensors file's header; reads no tensor data.
+    `trailing_bytes` is the contract's variant: "allow" accepts bytes after the last tensor."""
     name = path.name
 
     def corrupt(reason: str, subject: str | None = None) -> CorruptCheckpointError:
@@ -170,7 +171,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         if reach is None or entry.offset + entry.nbytes > reach.offset + reach.nbytes:
             reach = entry
         covered = max(covered, entry.offset + entry.nbytes)
-    if covered != data_start + data_size:
+    if covered != data_start + data_size and trailing_bytes != "allow":
         raise corrupt(f"the last {data_start + data_size - covered} bytes of the data section "
                       f"belong to no tensor (safetensors refuses a file its header does not "
                       f"cover)")
@@ -322,7 +323,7 @@ class Checkpoint:
         self.close()
 
 
-def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(directory: str | os.PathLike, trailing_bytes: str = "refuse") -> Checkpoint:
     """Validate a checkpoint directory (index first, then every header) and index it."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -336,7 +337,7 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         if not single.exists():
             raise CorruptCheckpointError(f"{directory} has neither {SINGLE_FILE} nor "
                                          f"{INDEX_FILE}", subject=str(directory))
-        return Checkpoint(directory, read_header(single))
+        return Checkpoint(directory, read_header(single, trailing_bytes))
 
     index = _load_json(index_path, "index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -354,7 +355,7 @@ def open_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         open_regular(path, file_name).close()  # a FIFO or a directory: refused by its type
     entries: dict[str, TensorEntry] = {}
     for file_name in files:
-        for key, entry in read_header(directory / file_name).items():
+        for key, entry in read_header(directory / file_name, trailing_bytes).items():
             assigned = weight_map.get(key)
             if assigned != file_name:
                 where = f"the index assigns it to {assigned}" if assigned else "the index does not list it"

@@ -154,6 +154,15 @@ VARIANTS = {**VARIANTS,
     "fp8_block_fusion": ("fused", "per_module"),
 }
 
+# ----- bytes after a file's data section (issue 17: fastsafetensors) ---------------------
+VARIANTS = {**VARIANTS,
+    # Bytes after the last tensor's data: refused as corrupt ("refuse", the safetensors
+    # library and the reference: a file its header does not cover), or ignored ("allow":
+    # fastsafetensors' SafeTensorsMetadata takes them for alignment padding of sub-byte
+    # dtypes). A hole between two tensors is refused under both.
+    "trailing_bytes": ("refuse", "allow"),
+}
+
 FAMILIES = ("llama", "qwen2", "phi3")
 FP8_CHECKPOINT_FORMATS = (None, "compressed-tensors", "fp8")
 # The linear projections of a decoder layer (what FP8 quantizes: never embeddings, norms,

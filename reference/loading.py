@@ -244,7 +244,7 @@ class ReferenceLoader:
     # ----- the steps ---------------------------------------------------------------------
     def open(self, checkpoint: str) -> Checkpoint:
         """Validate the directory (shard names, index, every header) before reading data."""
-        return open_checkpoint(checkpoint)
+        return open_checkpoint(checkpoint, self.variants["trailing_bytes"])
 
     def entries(self, ckpt: Checkpoint) -> Mapping[str, TensorEntry]:
         """The tensors to load: exactly those the index assigns (or the single file's)."""

@@ -100,3 +100,16 @@ def test_shape_mismatch_is_mapped(tmp_path):
                                ).write(tmp_path / "ckpt")
     with pytest.raises(ShapeMismatchError):
         adapter.loader.load(str(directory), spec, LoadOptions())
+
+
+def test_a_weight_left_on_meta_is_absent_from_the_state(tmp_path):
+    """accelerate leaves a weight the checkpoint lacks on the meta device, silently; the
+    adapter's state leaves it out (a meta tensor holds no values), so the suite reports it
+    absent instead of meeting a meta tensor (conformance/survival.py: a contract error)."""
+    spec = SPECS["llama"]
+    dropped = "model.layers.0.mlp.down_proj.bias"
+    directory = CheckpointPlan(spec, dropped=(dropped,)).write(tmp_path / "ckpt")
+    got = adapter.loader.load(str(directory), spec, LoadOptions())
+    assert dropped not in got.state
+    assert not [name for name, t in got.state.items() if t.is_meta]
+    assert set(got.state) == set(spec.parameter_shapes()) - {dropped}

@@ -17,7 +17,8 @@ import torch
 pytest.importorskip("fastsafetensors")
 
 from conformance.adapters import fastsafetensors as adapter  # noqa: E402
-from conformance.compare import run_outcome  # noqa: E402
+from conformance.compare import compare_outcomes, run_outcome  # noqa: E402
+from conformance.harness import name_sets  # noqa: E402
 from generators.checkpoints import CheckpointPlan  # noqa: E402
 from generators.hostile import HOSTILE_CASES  # noqa: E402
 from reference.contract import (CorruptCheckpointError, ExtraParam, LoadOptions,  # noqa: E402
@@ -97,3 +98,26 @@ def test_an_unknown_dtype_is_unsupported(tmp_path):
     directory = _hostile(tmp_path, "dtype-unknown")
     with pytest.raises(UnsupportedDtypeError, match="F128"):
         adapter.loader.load(str(directory), HOSTILE_CASES["dtype-unknown"].spec, LoadOptions())
+
+
+def test_trailing_bytes_load_under_its_declaration_and_diverge_without_it(tmp_path):
+    """F6: fastsafetensors ignores bytes after the data section (its declared
+    `trailing_bytes=allow`); the reference under the same declaration agrees, and a
+    loader declaring the default `refuse` with this reader is caught."""
+    spec = ModelSpec(family="llama")
+    directory = CheckpointPlan(spec, data_seed=4).write(tmp_path / "ckpt")
+    with open(directory / "model.safetensors", "ab") as f:
+        f.write(bytes(8))
+    assert adapter.loader.variants["trailing_bytes"] == "allow"
+    allowing = ReferenceLoader(variants={"trailing_bytes": "allow"})
+    want = allowing.load(str(directory), spec, LoadOptions())
+    got = adapter.loader.load(str(directory), spec, LoadOptions())
+    for name, tensor in want.state.items():
+        assert _same_bits(got.state[name], tensor), name
+
+    refused = run_outcome(lambda: REFERENCE.load(str(directory), spec, LoadOptions()))
+    assert isinstance(refused.error, CorruptCheckpointError)
+    found = run_outcome(lambda: adapter.loader.load(str(directory), spec, LoadOptions()))
+    divergences = compare_outcomes(refused, found, any_refusal=True, device="cpu",
+                                   name_sets=name_sets(adapter.loader.capabilities))
+    assert divergences, "a reader that loads what its declaration refuses must diverge"
