@@ -97,6 +97,25 @@ def _rss(field: str = "VmRSS") -> int:
     return 0
 
 
+def _resident_bytes(ranges: dict[int, int]) -> int:
+    """How many bytes of these address ranges (start -> length) are in this process's memory
+    now: the present bit of each page in /proc/self/pagemap. A lazily mapped tensor that
+    nothing has read yet is not. Where pagemap cannot be read, all of it counts (the
+    candidate's model is then under-estimated, and our share over-estimated)."""
+    page, total = mmap.PAGESIZE, 0
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            for start, nbytes in ranges.items():
+                first, end = start // page, -(-(start + nbytes) // page)
+                f.seek(first * 8)
+                entries = torch.frombuffer(bytearray(f.read((end - first) * 8)),
+                                           dtype=torch.int64)
+                total += int((entries < 0).sum()) * page  # bit 63: present
+    except (OSError, ValueError):
+        return sum(ranges.values())
+    return min(total, sum(ranges.values()))
+
+
 def _reset_peak() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -149,15 +168,20 @@ class Differential:
         started, before = time.perf_counter(), _rss()
         found = run_outcome(lambda: self.candidate.load(str(self.checkpoint), self.spec,
                                                         cand_options))
-        # The candidate's own model: what it holds resident now, or its tensors' bytes if
-        # they are lazy file mappings that the comparison will fault in (transformers).
+        # The candidate's own model: all it holds resident after its load (its tensors and
+        # whatever else it keeps), plus the bytes of its tensors that are lazy file
+        # mappings not read yet (transformers'), which the comparison will fault in.
         held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                 for t in (found.result.state.values() if found.result else ())
-                if t.device.type == "cpu"}
-        self.candidate_rss = max(self.candidate_rss, _rss(), before + sum(held.values()))
+                if t.device.type == "cpu" and t.untyped_storage().nbytes()}
+        after = _rss()
+        lazy = sum(held.values()) - _resident_bytes(held)
+        self.candidate_rss = max(self.candidate_rss, after + lazy)
         _reset_peak()  # the candidate's own load peak is its business; from here, ours
-        self.say(f"{tag}candidate loaded in {time.perf_counter() - started:.1f} s "
-                 f"(RSS {_rss() / 1e9:.2f} GB)")
+        self.say(f"{tag}candidate loaded in {time.perf_counter() - started:.1f} s (RSS "
+                 f"{before / 1e9:.2f} -> {after / 1e9:.2f} GB; its model "
+                 f"{(after + lazy - before) / 1e9:.2f} GB: {sum(held.values()) / 1e9:.2f} GB "
+                 f"of tensors, {lazy / 1e9:.2f} GB of them mapped and not read yet)")
         expected = run_outcome(lambda: self.reference.load(str(self.checkpoint), self.spec,
                                                            ref_options))
         if expected.error is not None or found.error is not None:
@@ -191,14 +215,23 @@ class Differential:
         start = time.perf_counter()
         expected = {n: exp.state[n] for n in names if n in exp.state}
         found = {n: got.state[n] for n in names if n in got.state}
-        divergences = compare_states(expected, found, skip_values=exp.missing,
-                                     where=self.where(options))
-        if any(t.dtype in FP8_DTYPES for t in expected.values()):  # one report per matrix
+        # FP8 divergences are re-judged per logical matrix (codes and scales together)
+        # after the group: its tensors stay until then. Any other tensor's pages go back
+        # as soon as it is compared, so the comparison holds one tensor, not one layer.
+        fp8 = any(t.dtype in FP8_DTYPES for t in expected.values())
+        divergences = []
+        for name in names:
+            one = {name: expected[name]} if name in expected else {}
+            divergences += compare_states(one, {name: found[name]} if name in found else {},
+                                          skip_values=exp.missing, where=self.where(options))
+            if not fp8:
+                _release(list(one.values()))
+        if fp8:  # one report per matrix
             divergences = refine_fp8(divergences, exp.state, got.state, self.spec)
+            _release(list(expected.values()))
         nbytes = sum(_nbytes(t) for t in expected.values())
         self.bytes_compared += nbytes
         self.largest_group = max(self.largest_group, nbytes)
-        _release(list(expected.values()))
         seconds = time.perf_counter() - start
         verdict = "equal" if not divergences else f"{len(divergences)} DIVERGE: " + ", ".join(
             sorted({d.subject for d in divergences})[:4])

@@ -142,3 +142,19 @@ def test_rope_scaling_is_accepted_as_forward_only():
     config = {**LLAMA.to_hf_config(), "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
     derived = spec_from_config(config)
     assert derived.spec == LLAMA and derived.forward_only == ("rope_scaling",)
+
+
+def test_the_fast_equality_is_bit_for_bit():
+    """same_bits (memcmp, the comparison's fast path) tells apart what == would not."""
+    import torch
+    from conformance.tensor_diff import same_bits
+    zeros = torch.zeros(4, 6, dtype=torch.bfloat16)
+    assert same_bits(zeros, zeros.clone())
+    assert not same_bits(zeros, -zeros)  # -0.0 == 0.0, but not bit for bit
+    nan = torch.full((5,), float("nan"))
+    assert same_bits(nan, nan.clone())  # NaN != NaN, but the same bits
+    other_nan = (nan.view(torch.int32) + 1).view(torch.float32)
+    assert not same_bits(nan, other_nan)  # another NaN payload
+    grid = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    assert same_bits(grid.t(), grid.t().contiguous())  # a transposed view, by value
+    assert not same_bits(grid.t(), grid.reshape(6, 4))
