@@ -43,10 +43,19 @@ from .fp8_compare import refine_fp8
 from .harness import name_sets
 from .loaders import LoaderResolutionError, resolve
 from .records import RecordWriter, new_run_id, replace_cell, run_metadata
+from .survival import IsolatedLoader, call_with_timeout, checked_result
 
 __all__ = ["Differential", "main", "layer_groups"]
 
 PROPERTY = "differential"
+# The default candidate timeout: a real load reads at least ~1 GB a minute, even from a
+# slow disk, plus start-up (imports, building the model).
+_TIMEOUT_BASE_S, _TIMEOUT_PER_GB_S = 600.0, 60.0
+
+
+def default_timeout(checkpoint: Path) -> float:
+    size = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors") if p.is_file())
+    return _TIMEOUT_BASE_S + _TIMEOUT_PER_GB_S * size / 1e9
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -129,8 +138,12 @@ class Differential:
 
     def __init__(self, checkpoint: Path, loader_name: str, candidate, records: RecordWriter,
                  tp_size: int = 1, print_line: Callable[[str], None] = print,
-                 poison: bool = True):
+                 poison: bool = True, timeout: float | None = None):
+        """`candidate` is the loader, or an IsolatedLoader around it (which enforces the
+        timeout itself, in the child); in process, a call runs under `timeout` seconds."""
         self.checkpoint, self.loader_name, self.candidate = checkpoint, loader_name, candidate
+        self.timeout = timeout or default_timeout(checkpoint)
+        self.stopped = ""  # "hang" or "crash" once the candidate did: no further rank
         self.records, self.tp_size, self.say = records, tp_size, print_line
         self.poison = poison and "poison" in candidate.capabilities
         self.reference = ReferenceLoader(variants=dict(candidate.variants))
@@ -166,8 +179,9 @@ class Differential:
         ref_options, cand_options = self.options(rank)
         tag = f"tp rank {rank}/{self.tp_size}: " if self.tp_size > 1 else ""
         started, before = time.perf_counter(), _rss()
-        found = run_outcome(lambda: self.candidate.load(str(self.checkpoint), self.spec,
-                                                        cand_options))
+        found = self.candidate_load(cand_options)
+        if found.family in ("hang", "crash"):
+            self.stopped = found.family
         # The candidate's own model: all it holds resident after its load (its tensors and
         # whatever else it keeps), plus the bytes of its tensors that are lazy file
         # mappings not read yet (transformers'), which the comparison will fault in.
@@ -209,6 +223,16 @@ class Differential:
             self._record("buffers", buffers, ref_options)
             divergences += buffers
         return divergences
+
+    def candidate_load(self, options: LoadOptions) -> Outcome:
+        """The candidate's load under the suite's survival rules (conformance/survival.py):
+        isolated, the child kills a call that outlives the timeout and reports a death; in
+        process, the call runs in a thread abandoned after the timeout."""
+        call = lambda: self.candidate.load(str(self.checkpoint), self.spec, options)  # noqa: E731
+        if isinstance(self.candidate, IsolatedLoader):
+            self.candidate.timeout = self.timeout
+            return run_outcome(call)
+        return run_outcome(lambda: checked_result(call_with_timeout(call, self.timeout)))
 
     def compare_group(self, label: str, names: list[str], exp, got, options: LoadOptions,
                       tag: str) -> list[Divergence]:
@@ -256,6 +280,8 @@ class Differential:
                  "--checkpoint", str(self.checkpoint)]
         if self.tp_size > 1:
             parts += ["--tp", str(self.tp_size)]
+        if isinstance(self.candidate, IsolatedLoader):
+            parts += ["--isolate", "--candidate-timeout", f"{self.timeout:g}"]
         return " ".join(shlex.quote(p) for p in parts)
 
     def _record(self, group: str, divergences: list[Divergence], options: LoadOptions) -> None:
@@ -281,6 +307,13 @@ class Differential:
         started, divergences = time.perf_counter(), []
         for rank in range(self.tp_size):
             divergences += self.run_rank(rank)
+            if self.stopped:
+                what = "hung" if self.stopped == "hang" else "crashed"
+                self.say(f"STOPPED: the candidate {what}; nothing further is compared"
+                         + ("" if isinstance(self.candidate, IsolatedLoader) else
+                            "; run with --isolate to contain a crash (a process that dies "
+                            "in process ends this run without a record)"))
+                break
         seconds = time.perf_counter() - started
         peak = self.peak
         self.say(f"{'DIVERGES' if divergences else 'EQUAL'}: {len(divergences)} divergences; "
@@ -308,6 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-poison", action="store_true",
                         help="do not ask the candidate to poison its allocations (by default "
                              "a candidate claiming 'poison' does, so an unwritten slot shows)")
+    parser.add_argument("--candidate-timeout", type=float, default=None, metavar="SECONDS",
+                        help="report the candidate as hung after this long (default: 600 s "
+                             "+ 60 s per GB of safetensors)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="load the candidate in a child process, so a crash or a hang "
+                             "is a record and a line, not the end of the run (its result "
+                             "comes back through a temporary safetensors file: slower)")
+    parser.add_argument("--isolate-memory", type=int, default=None, metavar="MIB",
+                        help="with --isolate: address space the candidate's load may add")
     parser.add_argument("--records", type=Path, default=Path("results/differential"),
                         help="directory for divergence records (default %(default)s)")
     args = parser.parse_args(argv)
@@ -323,10 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: --tp {args.tp}: loader {args.loader!r} does not claim 'tp'",
               file=sys.stderr)
         return 2
+    timeout = args.candidate_timeout or default_timeout(args.checkpoint)
+    if args.isolate:
+        candidate = IsolatedLoader(args.loader, candidate, timeout, args.isolate_memory)
     records = RecordWriter(args.records, "differential", new_run_id())
     try:
         run = Differential(args.checkpoint, args.loader, candidate, records, args.tp,
-                           poison=not args.no_poison)
+                           poison=not args.no_poison, timeout=timeout)
     except (UnsupportedConfigError, LoadError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

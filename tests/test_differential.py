@@ -6,7 +6,10 @@ into a spec or refused with one line naming the field."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from generators.checkpoints import CheckpointPlan
 from generators.hostile import hub_cache_layout
 from reference.contract import ModelSpec
 from reference.hf_config import UnsupportedConfigError, spec_from_config
+from tests.mutants import Mutant
 
 LLAMA = ModelSpec(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
@@ -158,3 +162,48 @@ def test_the_fast_equality_is_bit_for_bit():
     grid = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     assert same_bits(grid.t(), grid.t().contiguous())  # a transposed view, by value
     assert not same_bits(grid.t(), grid.reshape(6, 4))
+
+
+
+_RELEASE = threading.Event()  # set when its test is done, so the abandoned call returns
+
+
+class _NeverReturns(Mutant):
+    """A loader that waits forever (releasing the GIL, as a stuck read would)."""
+
+    def load(self, checkpoint, spec, options):
+        while not _RELEASE.is_set():
+            time.sleep(0.05)
+        return super().load(checkpoint, spec, options)
+
+
+class _Aborts(Mutant):
+    """A loader that aborts the interpreter, as a failed C++ assertion does."""
+
+    def load(self, checkpoint, spec, options):
+        os.abort()
+
+
+NEVER_RETURNS, ABORTS = _NeverReturns("never_returns"), _Aborts("aborts")
+
+
+def test_a_hung_candidate_is_a_hang_record(checkpoints, capsys, tmp_path):
+    try:
+        code, out, records = _run(capsys, tmp_path, "--loader",
+                                  "tests.test_differential:NEVER_RETURNS", "--checkpoint",
+                                  str(checkpoints["plain"]), "--candidate-timeout", "1")
+    finally:
+        _RELEASE.set()
+    assert code == 1 and "STOPPED: the candidate hung" in out, out
+    (hang,) = [r for r in records if r.get("type") == "divergence"]
+    assert hang["severity"] == "hang" and "no answer within 1 s" in hang["divergences"][0][
+        "message"]
+
+
+def test_an_aborting_candidate_is_a_crash_record_with_isolate(checkpoints, capsys, tmp_path):
+    code, out, records = _run(capsys, tmp_path, "--loader", "tests.test_differential:ABORTS",
+                              "--checkpoint", str(checkpoints["plain"]), "--isolate")
+    assert code == 1 and "STOPPED: the candidate crashed" in out, out
+    (crash,) = [r for r in records if r.get("type") == "divergence"]
+    assert crash["severity"] == "crash" and "SIGABRT" in crash["divergences"][0]["message"]
+    assert "--isolate" in crash["rerun"]
