@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from reference.dtypes import FP8_DTYPES
+from reference.dtypes import FP8_DTYPES, PLAIN_FLOATS, cast_float
 from reference.contract import CONFIG_FILE, INDEX_FILE, LoadError, LoadOptions, ModelSpec
 from reference.hf_config import UnsupportedConfigError, spec_from_config
 from reference.loading import ReferenceLoader
@@ -45,7 +45,7 @@ from .loaders import LoaderResolutionError, resolve
 from .records import RecordWriter, new_run_id, replace_cell, run_metadata
 from .survival import IsolatedLoader, call_with_timeout, checked_result
 
-__all__ = ["Differential", "main", "layer_groups"]
+__all__ = ["Differential", "StreamedReference", "main", "layer_groups", "default_timeout"]
 
 PROPERTY = "differential"
 # The default candidate timeout: a real load reads at least ~1 GB a minute, even from a
@@ -133,6 +133,72 @@ def _reset_peak() -> None:
         pass
 
 
+_CHUNK_BYTES = 4 * 2**20
+
+
+class StreamedReference(ReferenceLoader):
+    """The reference of one streamed comparison. A slot whose bytes cannot be mapped (a
+    dtype conversion, a tensor-parallel column slice) is read when its group is compared
+    (`fill`), not at load: a float32 checkpoint of a bfloat16 model, or a rank's column
+    slices, then costs one tensor's memory at a time, not all of them for the whole run.
+    Only where nothing after the copies reads the values: not for an FP8 checkpoint
+    (requantized after loading), online quantization, or check_finite."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pending: dict[str, list[tuple]] = {}
+        self._defer = False
+        self._opened: list = []
+
+    def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions):
+        self._defer = not (spec.fp8_checkpoint or options.quantize or options.check_finite)
+        return super().load(checkpoint, spec, options)
+
+    def open(self, checkpoint: str):
+        ckpt = super().open(checkpoint)
+        self._opened.append(ckpt)  # closed by `close`, after the deferred reads
+        return ckpt
+
+    def copy_slot(self, ckpt, copy, dest, spec, options) -> None:
+        if not self._defer:
+            return super().copy_slot(ckpt, copy, dest, spec, options)
+        self.pending.setdefault(copy.slot.canonical, []).append((ckpt, copy, dest, spec,
+                                                                 options))
+
+    def untie_if_different(self, ckpt, plan, model, spec, options) -> None:
+        self.fill(["model.embed_tokens.weight"])  # compared with the checkpoint head here
+        super().untie_if_different(ckpt, plan, model, spec, options)
+
+    def fill(self, names) -> None:
+        """Read the deferred slots of these canonical names."""
+        for name in names:
+            for ckpt, copy, dest, spec, options in self.pending.pop(name, ()):
+                self._copy_in_chunks(ckpt, copy, dest, spec, options)
+
+    def _copy_in_chunks(self, ckpt, copy, dest, spec, options) -> None:
+        """copy_slot, a few MB of rows at a time where it reads into a temporary (a float
+        conversion, a column slice): the temporary is then a chunk, not the whole tensor in
+        its file dtype (twice its size for float32 on disk)."""
+        entry = copy.entry
+        piece, rows = self._rows(copy, spec, options)
+        direct = (piece is None or piece.dim == 0) and entry.dtype == dest.dtype
+        if rows is None or not dest.dim() or direct or entry.dtype not in PLAIN_FLOATS:
+            return super().copy_slot(ckpt, copy, dest, spec, options)
+        step = max(1, _CHUNK_BYTES // max(1, entry.row_bytes))
+        for start in range(rows[0], rows[1], step):
+            stop = min(start + step, rows[1])
+            source = ckpt.read(entry, (start, stop))
+            if piece is not None and piece.dim == 1:
+                source = source[:, piece.start:piece.stop]
+            dest[start - rows[0]:stop - rows[0]].copy_(cast_float(source, dest.dtype))
+
+    def close(self) -> None:
+        self.pending.clear()
+        for ckpt in self._opened:
+            ckpt.close()  # a deferred read reopened its shard
+        self._opened.clear()
+
+
 class Differential:
     """One comparison run: a checkpoint, a candidate, the reference under its variants."""
 
@@ -146,7 +212,7 @@ class Differential:
         self.stopped = ""  # "hang" or "crash" once the candidate did: no further rank
         self.records, self.tp_size, self.say = records, tp_size, print_line
         self.poison = poison and "poison" in candidate.capabilities
-        self.reference = ReferenceLoader(variants=dict(candidate.variants))
+        self.reference = StreamedReference(variants=dict(candidate.variants))
         config = json.loads((checkpoint / CONFIG_FILE).read_text())
         derived = spec_from_config(config)  # may raise UnsupportedConfigError
         self.spec: ModelSpec = derived.spec
@@ -174,6 +240,7 @@ class Differential:
             return self._run_rank(rank)
         finally:
             self.peak = max(self.peak, _rss("VmHWM"))
+            self.reference.close()
 
     def _run_rank(self, rank: int) -> list[Divergence]:
         ref_options, cand_options = self.options(rank)
@@ -245,6 +312,7 @@ class Differential:
         fp8 = any(t.dtype in FP8_DTYPES for t in expected.values())
         divergences = []
         for name in names:
+            self.reference.fill([name])
             one = {name: expected[name]} if name in expected else {}
             divergences += compare_states(one, {name: found[name]} if name in found else {},
                                           skip_values=exp.missing, where=self.where(options))
@@ -317,7 +385,7 @@ class Differential:
         seconds = time.perf_counter() - started
         peak = self.peak
         self.say(f"{'DIVERGES' if divergences else 'EQUAL'}: {len(divergences)} divergences; "
-                 f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.1f} s "
+                 f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.2f} s "
                  f"({self.bytes_compared / 1e9 / max(seconds, 1e-9):.2f} GB/s end to end, "
                  f"both loads included); peak RSS while comparing {peak / 1e9:.2f} GB, "
                  f"{max(0, peak - self.candidate_rss) / 1e9:.3f} GB above the candidate's "

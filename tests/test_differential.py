@@ -207,3 +207,26 @@ def test_an_aborting_candidate_is_a_crash_record_with_isolate(checkpoints, capsy
     (crash,) = [r for r in records if r.get("type") == "divergence"]
     assert crash["severity"] == "crash" and "SIGABRT" in crash["divergences"][0]["message"]
     assert "--isolate" in crash["rerun"]
+
+
+def test_the_reference_reads_what_it_converts_only_when_compared(capsys, tmp_path):
+    """A float32 checkpoint of a bfloat16 model: every tensor is converted, none mapped. The
+    streamed reference reads each when its group is compared, with the eager one's bits."""
+    from conformance.differential import StreamedReference
+    from conformance.tensor_diff import same_bits
+    from reference.contract import LoadOptions
+    from reference.loading import ReferenceLoader
+    spec = replace(LLAMA, dtype="bfloat16")
+    directory = CheckpointPlan(spec, shards=2, disk_dtype="float32", data_seed=3).write(
+        tmp_path / "f32")
+    streamed = StreamedReference()
+    result = streamed.load(str(directory), spec, LoadOptions())
+    assert set(streamed.pending) == set(result.state)  # nothing read at load
+    eager = ReferenceLoader().load(str(directory), spec, LoadOptions()).state
+    streamed.fill(list(result.state))
+    assert not streamed.pending
+    assert [n for n, t in result.state.items() if not same_bits(eager[n], t)] == []
+    streamed.close()
+    code, out, _ = _run(capsys, tmp_path, "--loader", "reference-split", "--checkpoint",
+                        str(directory), "--tp", "2")
+    assert code == 0 and "EQUAL: 0 divergences" in out, out
