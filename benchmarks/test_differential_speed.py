@@ -14,8 +14,9 @@ runs after the same neighbour on a shared machine): a fresh `python -m
 conformance.differential` process, whose time is the one it prints (from the candidate's
 load to the last comparison: no imports), and whose peak is the VmHWM it prints; the
 candidate's own load + touch, through the same adapter call differential mode makes, in a
-fresh process (as differential mode's own), without poison; with poison too where the candidate claims it (differential mode asks for
-it by default, so an unwritten slot shows); and raw safetensors' load + touch. All from the
+fresh process (as differential mode's own), without poison; with poison too where the
+candidate claims it (differential mode asks for it by default, so an unwritten slot
+shows); and raw safetensors' load + touch. All from the
 same warm page cache; medians over the rounds. A candidate that claims poison is also run
 with `--no-poison`. Nothing asserts on time; every run must end EQUAL.
 """
@@ -149,7 +150,8 @@ def test_differential_end_to_end(loader, poison, layout, layouts):
         + (f"{cand_poison:>8.2f}" if poison else f"{'-':>8}")
         + f"{raw:>7.2f}{seconds / (cand + raw):>7.2f}"
         + (f"{seconds / (cand_poison + raw):>8.2f}" if poison else f"{'-':>8}")
-        + f"{gb / max(seconds, 1e-3):>6.2f}{peak:>7.2f}{above:>7.3f}{largest:>7.3f}{above / largest:>6.2f}"
+        + f"{gb / max(seconds, 1e-3):>6.2f}{peak:>7.2f}{above:>7.3f}{largest:>7.3f}"
+        + f"{above / largest:>6.2f}"
         + f"  [diff s: {', '.join(f'{r[1]:.2f}' for r in times['diff'])}]")
 
 

@@ -207,7 +207,8 @@ def test_zz_print_table(request):
              f"{'GiB':>5} {'variant':<16}{'bytes':>14}{'median ms':>11}{'min':>9}{'max':>9}"
              f"{'GB/s':>7}{'vs st':>7}{'s/GB':>7}{'cpu ms':>9}{'cpu vs st':>10}{'peak/ckpt':>10}"]
     order = _CORE + _REAL
-    for (gib, variant), row in sorted(_ROWS.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
+    for (gib, variant), row in sorted(_ROWS.items(),
+                                      key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         if "absent" in row:
             lines.append(f"{gib:>5} {variant:<16}  not measured: not installed in this environment")
             continue
