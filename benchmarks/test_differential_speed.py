@@ -42,7 +42,7 @@ pytestmark = pytest.mark.benchmark
 
 GIB = float(os.environ.get("LOADCHECK_DIFF_GIB", "1"))
 ROUNDS = int(os.environ.get("LOADCHECK_DIFF_ROUNDS", "3"))
-_FINAL = re.compile(r"^EQUAL: .*?([\d.]+) GB compared in ([\d.]+) s .*?"
+_FINAL = re.compile(r"^EQUAL: .*?([\d.]+) GB compared in ([\d.]+) s \(CPU ([\d.]+) s\) .*?"
                     r"peak RSS while comparing ([\d.]+) GB, "
                     r"([\d.]+) GB above the candidate's loaded model \(largest group ([\d.]+) GB\)")
 _ROWS: list[str] = []
@@ -62,7 +62,8 @@ def layouts(tmp_path_factory) -> dict[str, Bench]:
 
 
 def _differential(loader: str, bench: Bench, poison: bool) -> tuple[float, ...]:
-    """One differential run in a fresh process: (GB, seconds, peak GB, above GB, layer GB)."""
+    """One differential run in a fresh process: (GB, seconds, CPU seconds, peak GB, above
+    GB, layer GB)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "conformance.differential", "--loader", loader,
                            "--checkpoint", str(bench.directory), "--records",
@@ -84,10 +85,11 @@ from reference.hf_config import spec_from_config
 loader, directory, poison = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
 candidate = resolve(loader)  # as differential mode does before its clock starts
 spec = spec_from_config(json.loads((directory / "config.json").read_text())).spec
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 result = candidate.load(str(directory), spec, LoadOptions(poison=poison))
 checksum = touch(result.state)
-print(json.dumps({"seconds": time.perf_counter() - start, "checksum": checksum}))
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                  "checksum": checksum}))
 """
 
 
@@ -103,20 +105,20 @@ def _candidate(loader: str, bench: Bench, poison: bool):
         assert done.returncode == 0, done.stderr[-3000:]
         answer = json.loads(done.stdout.strip().splitlines()[-1])
         assert answer["checksum"] == bench.checksum, f"{loader}: bytes differ from those written"
-        return answer["seconds"]
+        return answer["seconds"], answer["cpu"]
     return load
 
 
 def _raw(bench: Bench):
-    def load() -> float:
-        start = time.perf_counter()
+    def load() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         assert touch(load_safetensors(bench)) == bench.checksum
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
     return load
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+def _median(values: list, at: int = 0) -> float:
+    return sorted(v[at] for v in values)[len(values) // 2]
 
 
 @pytest.mark.parametrize("layout", ["sharded", "hub-cache"])
@@ -141,9 +143,10 @@ def test_differential_end_to_end(loader, poison, layout, layouts):
         for step in order[round_ % len(order):] + order[:round_ % len(order)]:
             times[step].append(steps[step]())
     runs = sorted(times["diff"], key=lambda r: r[1])
-    gb, seconds, peak, above, largest = runs[len(runs) // 2]
+    gb, seconds, _, peak, above, largest = runs[len(runs) // 2]
     cand, raw = _median(times["cand"]), _median(times["raw"])
     cand_poison = _median(times["cand_poison"]) if poison else None
+    cpu = {step: _median(times[step], 2 if step == "diff" else 1) for step in times}
     label = loader + ("" if poison is None else " (poison)" if poison else " --no-poison")
     _ROWS.append(
         f"{label:<30}{layout:<10}{bench.nbytes / 1e9:>6.3f}{seconds:>8.2f}{cand:>8.2f}"
@@ -152,6 +155,8 @@ def test_differential_end_to_end(loader, poison, layout, layouts):
         + (f"{seconds / (cand_poison + raw):>8.2f}" if poison else f"{'-':>8}")
         + f"{gb / max(seconds, 1e-3):>6.2f}{peak:>7.2f}{above:>7.3f}{largest:>7.3f}"
         + f"{above / largest:>6.2f}"
+        + f"{cpu['diff'] / (cpu['cand'] + cpu['raw']):>6.2f}"
+        + (f"{cpu['diff'] / (cpu['cand_poison'] + cpu['raw']):>6.2f}" if poison else f"{'-':>6}")
         + f"  [diff s: {', '.join(f'{r[1]:.2f}' for r in times['diff'])}]")
 
 
@@ -163,10 +168,11 @@ def test_zz_print_table():
              "times in s; cand: the candidate's own load + touch; cand+p: the same, poisoned; "
              "st: raw safetensors load + touch;",
              "ratio = diff / (cand + st), goal <= 1.5; ratio+p = diff / (cand+p + st); "
-             "a/l = GB above the candidate's model / largest layer, goal <= 1.2",
+             "a/l = GB above the candidate's model / largest layer, goal <= 1.2; cpu, cpu+p: "
+             "ratio and ratio+p by CPU time (medians)",
              f"{'candidate':<30}{'layout':<10}{'GB':>6}{'diff':>8}{'cand':>8}{'cand+p':>8}"
              f"{'st':>7}{'ratio':>7}{'ratio+p':>8}{'GB/s':>6}{'peak':>7}{'above':>7}"
-             f"{'layer':>7}{'a/l':>6}",
+             f"{'layer':>7}{'a/l':>6}{'cpu':>6}{'cpu+p':>6}",
              *_ROWS]
     text = "\n".join(lines)
     print(text)

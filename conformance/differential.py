@@ -373,6 +373,7 @@ class Differential:
                  f"{self.checkpoint}")
         self.say(f"  spec from config.json: {self.spec.summary()}")
         started, divergences = time.perf_counter(), []
+        cpu_started = time.process_time()
         for rank in range(self.tp_size):
             divergences += self.run_rank(rank)
             if self.stopped:
@@ -383,9 +384,11 @@ class Differential:
                             "in process ends this run without a record)"))
                 break
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started  # less disturbed than wall time on a busy host
         peak = self.peak
         self.say(f"{'DIVERGES' if divergences else 'EQUAL'}: {len(divergences)} divergences; "
                  f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.2f} s "
+                 f"(CPU {cpu:.2f} s) "
                  f"({self.bytes_compared / 1e9 / max(seconds, 1e-9):.2f} GB/s end to end, "
                  f"both loads included); peak RSS while comparing {peak / 1e9:.2f} GB, "
                  f"{max(0, peak - self.candidate_rss) / 1e9:.3f} GB above the candidate's "
