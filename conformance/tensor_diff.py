@@ -51,7 +51,7 @@ _memcmp = _libc_memcmp()
 def same_bits(expected: torch.Tensor, found: torch.Tensor) -> bool:
     """Whether two tensors of one dtype and shape hold the same bits. memcmp where it can:
     torch.equal compares element by element in a scalar loop (about 1.5 s/GB for bfloat16
-    here, 4x memcmp), the dominant cost of differential mode on a real checkpoint."""
+    here, 3-4x memcmp), the dominant cost of differential mode on a real checkpoint."""
     exp_bits, got_bits = bits(expected), bits(found)
     nbytes = exp_bits.numel() * exp_bits.element_size()
     if _memcmp is None or got_bits.numel() * got_bits.element_size() != nbytes:
