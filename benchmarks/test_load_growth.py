@@ -10,7 +10,10 @@ The checkpoints: a bfloat16 llama (hidden 1024, intermediate 4096, 16 / 4 heads 
 vocab 8192, untied) with as many layers as bring it nearest the size; split on disk (q/k/v
 and gate/up separate, as HF writes them) in shards of at most ~0.5 GB (two at least), keys sorted as the
 safetensors library writes them (so k, o, q, v: q/k/v are not adjacent on disk).
-"load" is load and then read every byte (`touch`), from a warm page cache.
+"load" is load and then read every byte (`touch`), from a warm page cache. At each size the
+variants run in interleaved rounds (each round loads every variant once, the order
+rotating), so that the other processes of a shared machine disturb all of them alike; CPU
+time is recorded beside wall time for the same reason.
 
 Variants: `safetensors` (load_file, mmap), `reference_fused` (the default: fused q/k/v and
 gate/up in memory, stitched file mappings), `reference_split`, and, at one size,
@@ -148,54 +151,64 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory):
 
 
 _ROWS: dict[tuple[float, str], dict[str, float]] = {}
+_CORE = ("safetensors", "reference_fused", "reference_split")
+_REAL = ("transformers", "accelerate", "vllm")
 
 
-def _time(load: Callable[[Bench], dict], bench: Bench) -> tuple[list[float], list[float]]:
-    """ROUNDS timed rounds of load + touch after one warm-up; tensors freed between.
-    Returns sorted wall times and sorted CPU times (user + system of this process: on a
-    shared machine, less sensitive than wall time to what the other processes do)."""
-    times, cpu = [], []
-    for round_ in range(ROUNDS + 1):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        tensors = load(bench)
-        checksum = touch(tensors)
-        elapsed, used = time.perf_counter() - start, time.process_time() - start_cpu
-        del tensors
-        assert checksum == bench.checksum, "bytes differ from those written"
-        if round_:
-            times.append(elapsed)
-            cpu.append(used)
-    return sorted(times), sorted(cpu)
+def _timed(load: Callable[[Bench], dict], bench: Bench) -> tuple[float, float]:
+    """One load + touch: (wall s, CPU s of this process: user + system, on a shared
+    machine less sensitive than wall time to what the other processes do)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    tensors = load(bench)
+    checksum = touch(tensors)
+    elapsed, used = time.perf_counter() - start, time.process_time() - start_cpu
+    del tensors
+    assert checksum == bench.checksum, "bytes differ from those written"
+    return elapsed, used
 
 
-_CASES = [(gib, v) for gib in SIZES_GIB for v in ("safetensors", "reference_fused",
-                                                  "reference_split")] + \
-    [(REAL_LOADERS_AT_GIB, v) for v in ("transformers", "accelerate", "vllm")]
-
-
-@pytest.mark.parametrize("gib,variant", _CASES, ids=[f"{g}GiB-{v}" for g, v in _CASES])
-def test_growth(gib, variant, checkpoints, request):
-    if not _available(variant):
+@pytest.mark.parametrize("gib", SIZES_GIB, ids=[f"{g}GiB" for g in SIZES_GIB])
+def test_growth(gib, checkpoints):
+    """Every variant at this size, in interleaved rounds: one warm-up each, then ROUNDS
+    rounds that each load every variant once, the order rotating between rounds (A/B
+    interleaving: a burst of load from the other processes hits all variants alike)."""
+    variants = list(_CORE) + (list(_REAL) if gib == REAL_LOADERS_AT_GIB else [])
+    for variant in [v for v in variants if not _available(v)]:
         _ROWS[(gib, variant)] = {"absent": 1.0}
-        pytest.skip(f"{variant} is not installed here (its environment: tox -e {variant})")
+    variants = [v for v in variants if _available(v)]
     bench = checkpoints(gib)
-    times, cpu = _time(VARIANTS[variant], bench)
-    peak = measure_peak(variant, bench, module=__name__)
-    assert peak["checksum"] == bench.checksum
-    median = times[len(times) // 2]
-    _ROWS[(gib, variant)] = {"bytes": bench.nbytes, "median_s": median, "min_s": times[0],
-                             "max_s": times[-1], "cpu_s": cpu[len(cpu) // 2],
-                             "peak": peak["delta"]}
+    for variant in variants:
+        _timed(VARIANTS[variant], bench)
+    wall: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for round_ in range(ROUNDS):
+        shift = round_ % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            w, c = _timed(VARIANTS[variant], bench)
+            wall[variant].append(w)
+            cpu[variant].append(c)
+    for variant in variants:
+        peak = measure_peak(variant, bench, module=__name__)
+        assert peak["checksum"] == bench.checksum
+        times, used = sorted(wall[variant]), sorted(cpu[variant])
+        _ROWS[(gib, variant)] = {"bytes": bench.nbytes, "median_s": times[len(times) // 2],
+                                 "min_s": times[0], "max_s": times[-1],
+                                 "cpu_s": used[len(used) // 2], "peak": peak["delta"]}
 
 
 def test_zz_print_table(request):
     """Last: the table, ratios within this run (vs st: safetensors' median time over this
     variant's, same size; >1 is faster; cpu vs st the same for CPU time)."""
-    lines = ["", f"load growth ({ROUNDS} rounds after a warm-up; load + touch every byte; "
-                 "warm page cache; GB = 1e9 B; peak = VmHWM delta / checkpoint bytes)",
+    load = os.getloadavg()
+    lines = ["", f"load growth ({ROUNDS} interleaved rounds after a warm-up; load + touch every "
+                 "byte; warm page cache; GB = 1e9 B; peak = VmHWM delta / checkpoint bytes; "
+                 f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
+                 f"{os.cpu_count()} CPUs)",
              f"{'GiB':>5} {'variant':<16}{'bytes':>14}{'median ms':>11}{'min':>9}{'max':>9}"
              f"{'GB/s':>7}{'vs st':>7}{'s/GB':>7}{'cpu ms':>9}{'cpu vs st':>10}{'peak/ckpt':>10}"]
-    for (gib, variant), row in _ROWS.items():
+    order = _CORE + _REAL
+    for (gib, variant), row in sorted(_ROWS.items(),
+                                      key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         if "absent" in row:
             lines.append(f"{gib:>5} {variant:<16}  not measured: not installed in this environment")
             continue

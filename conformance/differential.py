@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from reference.dtypes import FP8_DTYPES
+from reference.dtypes import FP8_DTYPES, PLAIN_FLOATS, cast_float
 from reference.contract import CONFIG_FILE, INDEX_FILE, LoadError, LoadOptions, ModelSpec
 from reference.hf_config import UnsupportedConfigError, spec_from_config
 from reference.loading import ReferenceLoader
@@ -43,10 +43,19 @@ from .fp8_compare import refine_fp8
 from .harness import name_sets
 from .loaders import LoaderResolutionError, resolve
 from .records import RecordWriter, new_run_id, replace_cell, run_metadata
+from .survival import IsolatedLoader, call_with_timeout, checked_result
 
-__all__ = ["Differential", "main", "layer_groups"]
+__all__ = ["Differential", "StreamedReference", "main", "layer_groups", "default_timeout"]
 
 PROPERTY = "differential"
+# The default candidate timeout: a real load reads at least ~1 GB a minute, even from a
+# slow disk, plus start-up (imports, building the model).
+_TIMEOUT_BASE_S, _TIMEOUT_PER_GB_S = 600.0, 60.0
+
+
+def default_timeout(checkpoint: Path) -> float:
+    size = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors") if p.is_file())
+    return _TIMEOUT_BASE_S + _TIMEOUT_PER_GB_S * size / 1e9
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
@@ -97,6 +106,25 @@ def _rss(field: str = "VmRSS") -> int:
     return 0
 
 
+def _resident_bytes(ranges: dict[int, int]) -> int:
+    """How many bytes of these address ranges (start -> length) are in this process's memory
+    now: the present bit of each page in /proc/self/pagemap. A lazily mapped tensor that
+    nothing has read yet is not. Where pagemap cannot be read, all of it counts (the
+    candidate's model is then under-estimated, and our share over-estimated)."""
+    page, total = mmap.PAGESIZE, 0
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            for start, nbytes in ranges.items():
+                first, end = start // page, -(-(start + nbytes) // page)
+                f.seek(first * 8)
+                entries = torch.frombuffer(bytearray(f.read((end - first) * 8)),
+                                           dtype=torch.int64)
+                total += int((entries < 0).sum()) * page  # bit 63: present
+    except (OSError, ValueError):
+        return sum(ranges.values())
+    return min(total, sum(ranges.values()))
+
+
 def _reset_peak() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -105,16 +133,86 @@ def _reset_peak() -> None:
         pass
 
 
+_CHUNK_BYTES = 4 * 2**20
+
+
+class StreamedReference(ReferenceLoader):
+    """The reference of one streamed comparison. A slot whose bytes cannot be mapped (a
+    dtype conversion, a tensor-parallel column slice) is read when its group is compared
+    (`fill`), not at load: a float32 checkpoint of a bfloat16 model, or a rank's column
+    slices, then costs one tensor's memory at a time, not all of them for the whole run.
+    Only where nothing after the copies reads the values: not for an FP8 checkpoint
+    (requantized after loading), online quantization, or check_finite."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pending: dict[str, list[tuple]] = {}
+        self._defer = False
+        self._opened: list = []
+
+    def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions):
+        self._defer = not (spec.fp8_checkpoint or options.quantize or options.check_finite)
+        return super().load(checkpoint, spec, options)
+
+    def open(self, checkpoint: str):
+        ckpt = super().open(checkpoint)
+        self._opened.append(ckpt)  # closed by `close`, after the deferred reads
+        return ckpt
+
+    def copy_slot(self, ckpt, copy, dest, spec, options) -> None:
+        if not self._defer:
+            return super().copy_slot(ckpt, copy, dest, spec, options)
+        self.pending.setdefault(copy.slot.canonical, []).append((ckpt, copy, dest, spec,
+                                                                 options))
+
+    def untie_if_different(self, ckpt, plan, model, spec, options) -> None:
+        self.fill(["model.embed_tokens.weight"])  # compared with the checkpoint head here
+        super().untie_if_different(ckpt, plan, model, spec, options)
+
+    def fill(self, names) -> None:
+        """Read the deferred slots of these canonical names."""
+        for name in names:
+            for ckpt, copy, dest, spec, options in self.pending.pop(name, ()):
+                self._copy_in_chunks(ckpt, copy, dest, spec, options)
+
+    def _copy_in_chunks(self, ckpt, copy, dest, spec, options) -> None:
+        """copy_slot, a few MB of rows at a time where it reads into a temporary (a float
+        conversion, a column slice): the temporary is then a chunk, not the whole tensor in
+        its file dtype (twice its size for float32 on disk)."""
+        entry = copy.entry
+        piece, rows = self._rows(copy, spec, options)
+        direct = (piece is None or piece.dim == 0) and entry.dtype == dest.dtype
+        if rows is None or not dest.dim() or direct or entry.dtype not in PLAIN_FLOATS:
+            return super().copy_slot(ckpt, copy, dest, spec, options)
+        step = max(1, _CHUNK_BYTES // max(1, entry.row_bytes))
+        for start in range(rows[0], rows[1], step):
+            stop = min(start + step, rows[1])
+            source = ckpt.read(entry, (start, stop))
+            if piece is not None and piece.dim == 1:
+                source = source[:, piece.start:piece.stop]
+            dest[start - rows[0]:stop - rows[0]].copy_(cast_float(source, dest.dtype))
+
+    def close(self) -> None:
+        self.pending.clear()
+        for ckpt in self._opened:
+            ckpt.close()  # a deferred read reopened its shard
+        self._opened.clear()
+
+
 class Differential:
     """One comparison run: a checkpoint, a candidate, the reference under its variants."""
 
     def __init__(self, checkpoint: Path, loader_name: str, candidate, records: RecordWriter,
                  tp_size: int = 1, print_line: Callable[[str], None] = print,
-                 poison: bool = True):
+                 poison: bool = True, timeout: float | None = None):
+        """`candidate` is the loader, or an IsolatedLoader around it (which enforces the
+        timeout itself, in the child); in process, a call runs under `timeout` seconds."""
         self.checkpoint, self.loader_name, self.candidate = checkpoint, loader_name, candidate
+        self.timeout = timeout or default_timeout(checkpoint)
+        self.stopped = ""  # "hang" or "crash" once the candidate did: no further rank
         self.records, self.tp_size, self.say = records, tp_size, print_line
         self.poison = poison and "poison" in candidate.capabilities
-        self.reference = ReferenceLoader(variants=dict(candidate.variants))
+        self.reference = StreamedReference(variants=dict(candidate.variants))
         config = json.loads((checkpoint / CONFIG_FILE).read_text())
         derived = spec_from_config(config)  # may raise UnsupportedConfigError
         self.spec: ModelSpec = derived.spec
@@ -142,22 +240,29 @@ class Differential:
             return self._run_rank(rank)
         finally:
             self.peak = max(self.peak, _rss("VmHWM"))
+            self.reference.close()
 
     def _run_rank(self, rank: int) -> list[Divergence]:
         ref_options, cand_options = self.options(rank)
         tag = f"tp rank {rank}/{self.tp_size}: " if self.tp_size > 1 else ""
         started, before = time.perf_counter(), _rss()
-        found = run_outcome(lambda: self.candidate.load(str(self.checkpoint), self.spec,
-                                                        cand_options))
-        # The candidate's own model: what it holds resident now, or its tensors' bytes if
-        # they are lazy file mappings that the comparison will fault in (transformers).
+        found = self.candidate_load(cand_options)
+        if found.family in ("hang", "crash"):
+            self.stopped = found.family
+        # The candidate's own model: all it holds resident after its load (its tensors and
+        # whatever else it keeps), plus the bytes of its tensors that are lazy file
+        # mappings not read yet (transformers'), which the comparison will fault in.
         held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                 for t in (found.result.state.values() if found.result else ())
-                if t.device.type == "cpu"}
-        self.candidate_rss = max(self.candidate_rss, _rss(), before + sum(held.values()))
+                if t.device.type == "cpu" and t.untyped_storage().nbytes()}
+        after = _rss()
+        lazy = sum(held.values()) - _resident_bytes(held)
+        self.candidate_rss = max(self.candidate_rss, after + lazy)
         _reset_peak()  # the candidate's own load peak is its business; from here, ours
-        self.say(f"{tag}candidate loaded in {time.perf_counter() - started:.1f} s "
-                 f"(RSS {_rss() / 1e9:.2f} GB)")
+        self.say(f"{tag}candidate loaded in {time.perf_counter() - started:.1f} s (RSS "
+                 f"{before / 1e9:.2f} -> {after / 1e9:.2f} GB; its model "
+                 f"{(after + lazy - before) / 1e9:.2f} GB: {sum(held.values()) / 1e9:.2f} GB "
+                 f"of tensors, {lazy / 1e9:.2f} GB of them mapped and not read yet)")
         expected = run_outcome(lambda: self.reference.load(str(self.checkpoint), self.spec,
                                                            ref_options))
         if expected.error is not None or found.error is not None:
@@ -186,19 +291,39 @@ class Differential:
             divergences += buffers
         return divergences
 
+    def candidate_load(self, options: LoadOptions) -> Outcome:
+        """The candidate's load under the suite's survival rules (conformance/survival.py):
+        isolated, the child kills a call that outlives the timeout and reports a death; in
+        process, the call runs in a thread abandoned after the timeout."""
+        call = lambda: self.candidate.load(str(self.checkpoint), self.spec, options)  # noqa: E731
+        if isinstance(self.candidate, IsolatedLoader):
+            self.candidate.timeout = self.timeout
+            return run_outcome(call)
+        return run_outcome(lambda: checked_result(call_with_timeout(call, self.timeout)))
+
     def compare_group(self, label: str, names: list[str], exp, got, options: LoadOptions,
                       tag: str) -> list[Divergence]:
         start = time.perf_counter()
         expected = {n: exp.state[n] for n in names if n in exp.state}
         found = {n: got.state[n] for n in names if n in got.state}
-        divergences = compare_states(expected, found, skip_values=exp.missing,
-                                     where=self.where(options))
-        if any(t.dtype in FP8_DTYPES for t in expected.values()):  # one report per matrix
+        # FP8 divergences are re-judged per logical matrix (codes and scales together)
+        # after the group: its tensors stay until then. Any other tensor's pages go back
+        # as soon as it is compared, so the comparison holds one tensor, not one layer.
+        fp8 = any(t.dtype in FP8_DTYPES for t in expected.values())
+        divergences = []
+        for name in names:
+            self.reference.fill([name])
+            one = {name: expected[name]} if name in expected else {}
+            divergences += compare_states(one, {name: found[name]} if name in found else {},
+                                          skip_values=exp.missing, where=self.where(options))
+            if not fp8:
+                _release(list(one.values()))
+        if fp8:  # one report per matrix
             divergences = refine_fp8(divergences, exp.state, got.state, self.spec)
+            _release(list(expected.values()))
         nbytes = sum(_nbytes(t) for t in expected.values())
         self.bytes_compared += nbytes
         self.largest_group = max(self.largest_group, nbytes)
-        _release(list(expected.values()))
         seconds = time.perf_counter() - start
         verdict = "equal" if not divergences else f"{len(divergences)} DIVERGE: " + ", ".join(
             sorted({d.subject for d in divergences})[:4])
@@ -223,6 +348,8 @@ class Differential:
                  "--checkpoint", str(self.checkpoint)]
         if self.tp_size > 1:
             parts += ["--tp", str(self.tp_size)]
+        if isinstance(self.candidate, IsolatedLoader):
+            parts += ["--isolate", "--candidate-timeout", f"{self.timeout:g}"]
         return " ".join(shlex.quote(p) for p in parts)
 
     def _record(self, group: str, divergences: list[Divergence], options: LoadOptions) -> None:
@@ -246,12 +373,22 @@ class Differential:
                  f"{self.checkpoint}")
         self.say(f"  spec from config.json: {self.spec.summary()}")
         started, divergences = time.perf_counter(), []
+        cpu_started = time.process_time()
         for rank in range(self.tp_size):
             divergences += self.run_rank(rank)
+            if self.stopped:
+                what = "hung" if self.stopped == "hang" else "crashed"
+                self.say(f"STOPPED: the candidate {what}; nothing further is compared"
+                         + ("" if isinstance(self.candidate, IsolatedLoader) else
+                            "; run with --isolate to contain a crash (a process that dies "
+                            "in process ends this run without a record)"))
+                break
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started  # less disturbed than wall time on a busy host
         peak = self.peak
         self.say(f"{'DIVERGES' if divergences else 'EQUAL'}: {len(divergences)} divergences; "
-                 f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.1f} s "
+                 f"{self.bytes_compared / 1e9:.3f} GB compared in {seconds:.2f} s "
+                 f"(CPU {cpu:.2f} s) "
                  f"({self.bytes_compared / 1e9 / max(seconds, 1e-9):.2f} GB/s end to end, "
                  f"both loads included); peak RSS while comparing {peak / 1e9:.2f} GB, "
                  f"{max(0, peak - self.candidate_rss) / 1e9:.3f} GB above the candidate's "
@@ -275,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-poison", action="store_true",
                         help="do not ask the candidate to poison its allocations (by default "
                              "a candidate claiming 'poison' does, so an unwritten slot shows)")
+    parser.add_argument("--candidate-timeout", type=float, default=None, metavar="SECONDS",
+                        help="report the candidate as hung after this long (default: 600 s "
+                             "+ 60 s per GB of safetensors)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="load the candidate in a child process, so a crash or a hang "
+                             "is a record and a line, not the end of the run (its result "
+                             "comes back through a temporary safetensors file: slower)")
+    parser.add_argument("--isolate-memory", type=int, default=None, metavar="MIB",
+                        help="with --isolate: address space the candidate's load may add")
     parser.add_argument("--records", type=Path, default=Path("results/differential"),
                         help="directory for divergence records (default %(default)s)")
     args = parser.parse_args(argv)
@@ -290,10 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: --tp {args.tp}: loader {args.loader!r} does not claim 'tp'",
               file=sys.stderr)
         return 2
+    timeout = args.candidate_timeout or default_timeout(args.checkpoint)
+    if args.isolate:
+        candidate = IsolatedLoader(args.loader, candidate, timeout, args.isolate_memory)
     records = RecordWriter(args.records, "differential", new_run_id())
     try:
         run = Differential(args.checkpoint, args.loader, candidate, records, args.tp,
-                           poison=not args.no_poison)
+                           poison=not args.no_poison, timeout=timeout)
     except (UnsupportedConfigError, LoadError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

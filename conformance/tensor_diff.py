@@ -5,13 +5,16 @@ a downsampled 2-D mismatch map."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 import torch.nn.functional as F
 
 from reference.dtypes import PLAIN_FLOATS, poison_mask
 from reports.schema import Counts, Diffs, Mark, MismatchMap
 
-__all__ = ["bits", "format_element", "TensorDiff", "diff_tensors", "MAP_CELLS"]
+__all__ = ["bits", "same_bits", "format_element", "TensorDiff", "diff_tensors", "MAP_CELLS"]
 
 # A mismatch map has at most this many cells per side: enough to see a slot, a rank or a
 # half, small enough that a record of 26 divergences stays a few kilobytes.
@@ -29,6 +32,31 @@ def bits(t: torch.Tensor) -> torch.Tensor:
         return flat.to(torch.uint8)
     as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
     return flat.view(as_int)
+
+
+def _libc_memcmp():
+    try:
+        libc = ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
+        memcmp = libc.memcmp
+    except (OSError, AttributeError):
+        return None
+    memcmp.restype, memcmp.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
+                                                     ctypes.c_size_t]
+    return memcmp
+
+
+_memcmp = _libc_memcmp()
+
+
+def same_bits(expected: torch.Tensor, found: torch.Tensor) -> bool:
+    """Whether two tensors of one dtype and shape hold the same bits. memcmp where it can:
+    torch.equal compares element by element in a scalar loop (about 1.5 s/GB for bfloat16
+    here, 3-4x memcmp), the dominant cost of differential mode on a real checkpoint."""
+    exp_bits, got_bits = bits(expected), bits(found)
+    nbytes = exp_bits.numel() * exp_bits.element_size()
+    if _memcmp is None or got_bits.numel() * got_bits.element_size() != nbytes:
+        return torch.equal(exp_bits, got_bits)
+    return nbytes == 0 or _memcmp(exp_bits.data_ptr(), got_bits.data_ptr(), nbytes) == 0
 
 
 def format_element(t: torch.Tensor, index: int) -> str:
@@ -136,10 +164,9 @@ def _ulp_distance(want: torch.Tensor, got: torch.Tensor) -> tuple[torch.Tensor, 
 
 def diff_tensors(expected: torch.Tensor, found: torch.Tensor) -> TensorDiff | None:
     """None when the two (same dtype and shape) are equal bit for bit."""
-    exp_bits, got_bits = bits(expected), bits(found)
-    if torch.equal(exp_bits, got_bits):  # the common case, without a mask and its sum
+    if same_bits(expected, found):  # the common case, without a mask and its sum
         return None
-    differs = exp_bits != got_bits
+    differs = bits(expected) != bits(found)
     if not bool(differs.any()):
         return None
     return TensorDiff(expected.detach().cpu(), found.detach().cpu(), differs)

@@ -6,7 +6,10 @@ into a spec or refused with one line naming the field."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from generators.checkpoints import CheckpointPlan
 from generators.hostile import hub_cache_layout
 from reference.contract import ModelSpec
 from reference.hf_config import UnsupportedConfigError, spec_from_config
+from tests.mutants import Mutant
 
 LLAMA = ModelSpec(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
@@ -142,3 +146,87 @@ def test_rope_scaling_is_accepted_as_forward_only():
     config = {**LLAMA.to_hf_config(), "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
     derived = spec_from_config(config)
     assert derived.spec == LLAMA and derived.forward_only == ("rope_scaling",)
+
+
+def test_the_fast_equality_is_bit_for_bit():
+    """same_bits (memcmp, the comparison's fast path) tells apart what == would not."""
+    import torch
+    from conformance.tensor_diff import same_bits
+    zeros = torch.zeros(4, 6, dtype=torch.bfloat16)
+    assert same_bits(zeros, zeros.clone())
+    assert not same_bits(zeros, -zeros)  # -0.0 == 0.0, but not bit for bit
+    nan = torch.full((5,), float("nan"))
+    assert same_bits(nan, nan.clone())  # NaN != NaN, but the same bits
+    other_nan = (nan.view(torch.int32) + 1).view(torch.float32)
+    assert not same_bits(nan, other_nan)  # another NaN payload
+    grid = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    assert same_bits(grid.t(), grid.t().contiguous())  # a transposed view, by value
+    assert not same_bits(grid.t(), grid.reshape(6, 4))
+
+
+
+_RELEASE = threading.Event()  # set when its test is done, so the abandoned call returns
+
+
+class _NeverReturns(Mutant):
+    """A loader that waits forever (releasing the GIL, as a stuck read would)."""
+
+    def load(self, checkpoint, spec, options):
+        while not _RELEASE.is_set():
+            time.sleep(0.05)
+        return super().load(checkpoint, spec, options)
+
+
+class _Aborts(Mutant):
+    """A loader that aborts the interpreter, as a failed C++ assertion does."""
+
+    def load(self, checkpoint, spec, options):
+        os.abort()
+
+
+NEVER_RETURNS, ABORTS = _NeverReturns("never_returns"), _Aborts("aborts")
+
+
+def test_a_hung_candidate_is_a_hang_record(checkpoints, capsys, tmp_path):
+    try:
+        code, out, records = _run(capsys, tmp_path, "--loader",
+                                  "tests.test_differential:NEVER_RETURNS", "--checkpoint",
+                                  str(checkpoints["plain"]), "--candidate-timeout", "1")
+    finally:
+        _RELEASE.set()
+    assert code == 1 and "STOPPED: the candidate hung" in out, out
+    (hang,) = [r for r in records if r.get("type") == "divergence"]
+    assert hang["severity"] == "hang" and "no answer within 1 s" in hang["divergences"][0][
+        "message"]
+
+
+def test_an_aborting_candidate_is_a_crash_record_with_isolate(checkpoints, capsys, tmp_path):
+    code, out, records = _run(capsys, tmp_path, "--loader", "tests.test_differential:ABORTS",
+                              "--checkpoint", str(checkpoints["plain"]), "--isolate")
+    assert code == 1 and "STOPPED: the candidate crashed" in out, out
+    (crash,) = [r for r in records if r.get("type") == "divergence"]
+    assert crash["severity"] == "crash" and "SIGABRT" in crash["divergences"][0]["message"]
+    assert "--isolate" in crash["rerun"]
+
+
+def test_the_reference_reads_what_it_converts_only_when_compared(capsys, tmp_path):
+    """A float32 checkpoint of a bfloat16 model: every tensor is converted, none mapped. The
+    streamed reference reads each when its group is compared, with the eager one's bits."""
+    from conformance.differential import StreamedReference
+    from conformance.tensor_diff import same_bits
+    from reference.contract import LoadOptions
+    from reference.loading import ReferenceLoader
+    spec = replace(LLAMA, dtype="bfloat16")
+    directory = CheckpointPlan(spec, shards=2, disk_dtype="float32", data_seed=3).write(
+        tmp_path / "f32")
+    streamed = StreamedReference()
+    result = streamed.load(str(directory), spec, LoadOptions())
+    assert set(streamed.pending) == set(result.state)  # nothing read at load
+    eager = ReferenceLoader().load(str(directory), spec, LoadOptions()).state
+    streamed.fill(list(result.state))
+    assert not streamed.pending
+    assert [n for n, t in result.state.items() if not same_bits(eager[n], t)] == []
+    streamed.close()
+    code, out, _ = _run(capsys, tmp_path, "--loader", "reference-split", "--checkpoint",
+                        str(directory), "--tp", "2")
+    assert code == 0 and "EQUAL: 0 divergences" in out, out
