@@ -10,6 +10,7 @@ half a code step and zero blocks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -18,7 +19,7 @@ from reference.contract import LoadOptions, ModelSpec
 from reference.dtypes import FP8_DTYPES, poison_mask
 from reference.fp8 import code_step
 from reference.quant.fp8_block import dequantize_blocks, expand_scales, scale_inv_name
-from reports.schema import Diffs
+from reports.schema import Counts, Diffs
 from .compare import Divergence, compare_tensor, fused_slot
 from .quant_compare import register
 
@@ -107,10 +108,16 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
             lines.append("    " + d.message.split("\n")[0])
     lead = codes_d or scale_d
     diffs = codes_d.diffs if codes_d is not None and codes_d.diffs else Diffs()
+    # the card names the weight: its dtype, shape and code counts, not the scale grid's
+    dtype, shape, counts = lead.dtype, lead.shape, lead.counts
+    if comparable:
+        diffs = replace(diffs, dequantized_max_abs=error)
+        dtype, shape = str(w_c.dtype), list(w_c.shape)
+        counts = codes_d.counts if codes_d is not None else Counts(0, w_c.numel())
     return Divergence("fp8" if all(d.kind == "tensor" for d in problems.values())
                       else lead.kind, weight, "\n".join([headline] + lines), detail,
                       finding=finding, headline=headline, tensor=weight, slot=slot,
-                      dtype=lead.dtype, shape=lead.shape, counts=lead.counts, diffs=diffs,
+                      dtype=dtype, shape=shape, counts=counts, diffs=diffs,
                       source=lead.source, tp=lead.tp)
 
 

@@ -161,7 +161,8 @@ def _stats(d: Divergence) -> list[tuple[str, str, str]]:
         if diffs is not None and diffs.dequantized_max_abs is not None:
             stats.append(("dequantized max abs diff", fmt_number(diffs.dequantized_max_abs),
                           "c-mis"))
-        scale = (d.expected, d.found) if d.finding in ("scale", "input_scale") else (
+        scale = (d.expected, d.found) if d.finding in ("scale", "input_scale") and (
+            d.expected is not None or d.found is not None) else (
             d.detail.get("expected_scale"), d.detail.get("found_scale"))
         if scale[0] is not None or scale[1] is not None:
             label = "input scale" if d.finding == "input_scale" else "scale"
