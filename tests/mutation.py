@@ -11,11 +11,11 @@ import importlib
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.suite_process import run_pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,8 @@ class SuiteRun:
 
 def run_suite(loader: str, selection: str = "conformance", *extra: str,
               records: Path | None = None, pythonpath: Path | None = None) -> SuiteRun:
-    """`pytest <selection> --loader <loader>` (pr profile) in a fresh process, on the
+    """`pytest <selection> --loader <loader>` (pr profile) in its own process (a child of
+    tests/suite_process.py's zygote: fresh state, torch already imported), on the
     device LOADCHECK_MUTANT_DEVICE names (`./run gpu-check` sets cuda), else the default;
     `pythonpath` is where an out-of-tree adapter lives."""
     records = records or Path(tempfile.mkdtemp(prefix="loadcheck-records-"))
@@ -47,10 +48,10 @@ def run_suite(loader: str, selection: str = "conformance", *extra: str,
     # pytest fits summary lines to COLUMNS: a fixed width keeps the output a test reads
     # the same on a wide CI terminal as here
     env["COLUMNS"] = "80"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", selection, "--loader", loader, "-p", "no:cacheprovider",
+    proc = run_pytest(
+        [selection, "--loader", loader, "-p", "no:cacheprovider",
          "-p", "no:randomly", "-q", "--records", str(records), "--hypothesis-profile=pr", *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env=env, timeout=900)
     failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
     lines = []
     for path in sorted(records.glob("records-*.jsonl")):

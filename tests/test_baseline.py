@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from conformance.baseline.verdict import judge
 from conformance.baseline.write import dumps, entries_from_runs
 from reports.records import read_runs
 from tests.mutation import ROOT, run_suite
+from tests.suite_process import PytestRun, run_pytest
 
 ZERO = "test_fp8.py::test_zero_weights_quantize_to_exact_zero"
 FLOOR_MUTANT = "tests.mutants.p12_scale_floor_missing"
@@ -236,14 +235,14 @@ def test_nightly_failure_replays_first_under_repro(tmp_path):
     profile (no generate phase) finds it there; an empty database replays nothing."""
     db = tmp_path / "db"
 
-    def run(profile: str, records: str, database: Path = db) -> subprocess.CompletedProcess:
+    def run(profile: str, records: str, database: Path = db) -> PytestRun:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "LOADCHECK_EXAMPLE_DB": str(database)}
         env.pop("PYTEST_XDIST_WORKER", None)
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", f"conformance/{ZERO}", "--loader", FLOOR_MUTANT,
+        return run_pytest(
+            [f"conformance/{ZERO}", "--loader", FLOOR_MUTANT,
              "-p", "no:cacheprovider", "-q", f"--hypothesis-profile={profile}",
              "--hypothesis-show-statistics", "--records", str(tmp_path / records)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            cwd=ROOT, env=env, timeout=600)
 
     nightly = run("nightly", "n")
     assert nightly.returncode == 1 and "--hypothesis-seed=" in nightly.stdout
@@ -261,9 +260,8 @@ def test_nightly_failure_replays_first_under_repro(tmp_path):
 def test_cuda_without_a_gpu_fails_with_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTEST_XDIST_WORKER", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--device", "cuda",
-                           "-p", "no:cacheprovider", "--records", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_pytest(["conformance", "--device", "cuda", "-p", "no:cacheprovider",
+                       "--records", str(tmp_path)], cwd=ROOT, env=env, timeout=300)
     errors = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("ERROR")]
     assert proc.returncode not in (0, 5) and len(errors) == 1, proc.stdout + proc.stderr
     assert "no CUDA device on this machine" in errors[0]

@@ -5,26 +5,25 @@ with their reason."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.suite_process import PytestRun, run_pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pytest(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+def _pytest(*args: str, pythonpath: Path | None = None) -> PytestRun:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         str(p) for p in (ROOT, pythonpath) if p is not None)}
     env.pop("PYTEST_XDIST_WORKER", None)
-    return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_pytest([*args, "-p", "no:cacheprovider"], cwd=ROOT, env=env, timeout=300)
 
 
-def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+def _error_lines(proc: PytestRun) -> list[str]:
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("ERROR")]
 
 
