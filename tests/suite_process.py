@@ -29,9 +29,12 @@ from pathlib import Path
 
 __all__ = ["PytestRun", "run_pytest"]
 
-# imported once in the zygote: what every suite run needs and none configures at import
-PRELOADED = ("torch", "safetensors.torch", "hypothesis", "hypothesis.strategies", "pytest",
-             "_pytest.python", "_pytest.terminal", "xdist.plugin", "jinja2")
+# imported once in the zygote: what every suite run needs and nothing configures at import.
+# Not pytest plugins (hypothesis, xdist): pytest could not rewrite their asserts (a warning
+# in every run), and xdist.plugin freezes sys.path when imported, so its workers would get
+# the zygote's import path instead of the run's.
+PRELOADED = ("torch", "safetensors.torch", "numpy", "pytest", "_pytest.python",
+             "_pytest.terminal", "jinja2")
 
 
 @dataclass

@@ -51,6 +51,11 @@ def test_each_run_is_a_fresh_pytest_in_its_own_place(probe: Path):
     assert again.returncode == 0, again.stdout + again.stderr
     other = run_pytest(args, cwd=work, env=_env(probe, "b"), timeout=120)
     assert other.returncode == 1 and "LOADCHECK_PROBE" in other.stdout, other.stdout
+    # xdist's workers import from the run's PYTHONPATH too (xdist hands them its controller's
+    # sys.path as it was when xdist was imported)
+    workers = run_pytest([*args, "-n", "1"], cwd=work, env=_env(probe, "a"), timeout=120)
+    assert workers.returncode == 0 and "1 passed" in workers.stdout, workers.stdout[-3000:]
+    assert "cannot be rewritten" not in workers.stdout, workers.stdout[-3000:]
 
 
 def test_a_run_past_its_timeout_is_killed_with_its_group(probe: Path):
