@@ -5,7 +5,7 @@ nibble order and the scale exponent are the checkpoint's (a swapped nibble or a 
 scale is a differing code or scale in a named block); split and fused on disk agree; TP
 ranks gathered equal tp=1 where each rank's input columns are whole 32-element groups, and
 a split inside a group is refused; a scale tensor of the wrong shape is a clear error
-naming its key.
+naming its key; and the forward of an MXFP4 model unpacks and scales like the reference.
 
 Every property here runs a fifth of the profile's examples (20 in `pr`): MXFP4 must stay
 cheap within the pr run's budget, and every MXFP4 mutant is caught inside that
@@ -16,14 +16,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
 from generators.cases import LoadCase
 from generators.mxfp4 import mxfp4_cases
 from reference.tp import gather_ranks
-from .compare import compare_states
-from .harness import candidate_call, check_case, count_example, fail_if_states_differ, fail_on, \
-    written
+from .compare import Divergence, compare_states
+from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
+                      load_both, written)
 from .quant_compare import refine_quantized
 from .session import current
 
@@ -100,3 +101,38 @@ def test_mxfp4_ranks_gathered_equal_tp1(data):
         fail_on(refine_quantized(divergences, whole.result.state, gathered, spec, case.options),
                 "P3m MXFP4 TP", case, directory,
                 title=f"{tp_size} ranks gathered differ from the tp=1 load")
+
+
+@pytest.mark.requires("load", "forward", "mxfp4_serialized")
+@cheap
+@given(data=st.data())
+def test_mxfp4_forward_unpacks_like_the_reference(data):
+    """The logits of an MXFP4 model equal the reference's, which dequantizes every code
+    low nibble first at 2^(byte - 127): a loader that keeps the bytes right but unpacks or
+    scales them otherwise in its forward is caught here (float32, scales 2^-7 .. 2^0)."""
+    run = current()
+    count_example()
+    case = data.draw(mxfp4_cases(run.capabilities, support=run.support, device=run.device,
+                                 forward=True), label="case")
+    ids = data.draw(st.lists(st.integers(0, case.plan.spec.vocab_size - 1), min_size=1,
+                             max_size=4), label="input_ids")
+    with written(case.plan) as directory:
+        expected, found = load_both(case, directory)
+        if expected.result is None or found.result is None:
+            return  # error agreement is the checkpoint property's job
+        input_ids = torch.tensor([ids], device=case.options.device)
+        want = run.reference.forward(expected.result, input_ids).float().cpu()
+        got = candidate_call(lambda: run.candidate.forward(found.result, input_ids))
+        if got.error is not None:
+            problem = f"forward raised {type(got.error).__name__}: {got.error}"
+        elif not torch.allclose(logits := got.result.float().cpu(), want, rtol=1e-4, atol=1e-4):
+            worst = int((logits - want).abs().flatten().argmax())
+            problem = (f"MXFP4 logits differ from the reference's (codes low nibble first, "
+                       f"scale 2^(byte - 127)): largest difference "
+                       f"{float((logits - want).abs().max()):.4g} at flat index {worst} "
+                       f"(expected {float(want.flatten()[worst]):.6g}, found "
+                       f"{float(logits.flatten()[worst]):.6g})")
+        else:
+            return
+        fail_on([Divergence("logits", "logits", problem, {"input_ids": ids})],
+                "P3m MXFP4 forward", case, directory)

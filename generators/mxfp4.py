@@ -39,13 +39,14 @@ def aligned_spec(spec: ModelSpec, tp_size: int, groups: int) -> ModelSpec:
 @st.composite
 def mxfp4_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: bool = False,
                 aligned: bool = False, wrong_scale_shape: bool = False,
-                fused_on_disk: bool | None = None,
+                fused_on_disk: bool | None = None, forward: bool = False,
                 support: ModelSupport = ModelSupport()) -> LoadCase:
     """A serialized MXFP4 checkpoint and options within `capabilities`, allocations poisoned
     where claimed. `aligned` (or a drawn half of the TP cases) resizes the model to whole
     groups per rank; otherwise a TP split inside a group is drawn, which must be refused.
     `fused_on_disk` forces the layout; `wrong_scale_shape` writes one weight_scale with an
-    extra row."""
+    extra row; `forward` draws a float32 model whose scales stay in 2^-7 .. 2^0 (weights
+    within ±6, so logits are finite and compare at float32's tolerance)."""
     base = draw(load_cases(capabilities, device=device, tp=tp, support=support),
                 label="base case")
     spec, tp_size = base.plan.spec, base.options.tp_size
@@ -53,9 +54,13 @@ def mxfp4_cases(draw, capabilities: frozenset[str], *, device: str = "cpu", tp: 
         spec = aligned_spec(spec, tp_size, draw(st.sampled_from((1, 2)), label="groups per rank"))
     spec = replace(spec, quant=QuantSpec("mxfp4"))
     fused = base.plan.fused if fused_on_disk is None else fused_on_disk
-    plan = replace(base.plan, spec=spec, fused=fused)
+    if forward:
+        spec = replace(spec, dtype="float32")
+    plan = replace(base.plan, spec=spec, fused=fused,
+                   mxfp4_scale_range=(120, 127) if forward else None)
+    options = replace(base.options, dtype=None) if forward else base.options
     if wrong_scale_shape:
         scales = sorted(k for k in layout_keys(spec, plan.fused) if k.endswith(".weight_scale"))
         plan = replace(plan, wrong_shape=(draw(st.sampled_from(scales), label="wrong shape"),))
     assert not aligned or not layout_problems(spec, tp_size)
-    return LoadCase(plan, replace(base.options, poison="poison" in capabilities))
+    return LoadCase(plan, replace(options, poison="poison" in capabilities))
