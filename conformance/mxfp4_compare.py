@@ -10,7 +10,6 @@ else passes through unchanged; declines for every other format.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -19,9 +18,8 @@ from reference.contract import LoadOptions, ModelSpec
 from reference.dtypes import poison_mask
 from reference.quant.mxfp4 import (E2M1_VALUES, E8M0_BIAS, E8M0_NAN, GROUP,
                                    dequantize_mxfp4, unpack_codes)
-from reports.schema import Counts, Diffs
 from .compare import Divergence, compare_tensor, fused_slot
-from .quant_compare import register
+from .quant_compare import matrix_divergence, register
 
 __all__ = ["scale_text", "mxfp4_divergence", "refine_mxfp4"]
 
@@ -106,26 +104,8 @@ def mxfp4_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                     f"weight off by up to {error:.4g}")
         detail.update(block=[r, c], expected_scale=exp_s, found_scale=got_s,
                       codes_differing_in_block=differing, dequantized_max_abs_diff=error)
-    else:
-        first = codes_d if codes_d is not None and codes_d.finding != "unwritten" or \
-            scale_d is None else scale_d
-        finding = first.finding
-        which = "packed codes" if first is codes_d else "weight_scale"
-        headline = f"{named}: {which} {first.headline.split(': ', 1)[-1]}"
-    lines = ["    " + d.message.split("\n")[0] for d in (codes_d, scale_d) if d is not None]
-    lead = codes_d or scale_d
-    diffs = codes_d.diffs if codes_d is not None and codes_d.diffs else Diffs()
-    # the card names the weight: its dtype, shape and byte counts, not the scales'
-    dtype, shape, counts = lead.dtype, lead.shape, lead.counts
-    if comparable:
-        diffs = replace(diffs, dequantized_max_abs=error)
-        dtype, shape = str(w_c.dtype), list(w_c.shape)
-        counts = codes_d.counts if codes_d is not None else Counts(0, w_c.numel())
-    return Divergence("fp8" if all(d.kind == "tensor" for d in problems.values())
-                      else lead.kind, weight, "\n".join([headline] + lines), detail,
-                      finding=finding, headline=headline, tensor=weight, slot=slot,
-                      dtype=dtype, shape=shape, counts=counts, diffs=diffs,
-                      source=lead.source, tp=lead.tp)
+    return matrix_divergence(weight, named, slot, problems, codes_d, scale_d, "weight_scale",
+                             detail, (headline, finding, error) if comparable else None, w_c)
 
 
 @register("mxfp4")
