@@ -222,24 +222,26 @@ class QuantSpec:
         object.__setattr__(self, "block", tuple(int(b) for b in self.block))
         if len(self.block) != 2 or min(self.block) < 1:
             raise ValueError(f"quant block {self.block} is not two positive sizes [bn, bk]")
-        fixed = self._format().fixed_block
+        fixed = self.quant_format().fixed_block
         if fixed is not None:
             object.__setattr__(self, "block", fixed)
 
-    def _format(self):
+    def quant_format(self):
+        """The format's QuantFormat object (reference/quant/), which every question about
+        its tensors goes to."""
         from .quant import format_of  # the formats import this module
         return format_of(self)
 
     def tensor_shapes(self, weight: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         """The canonical tensors beside quantized `weight` and their shapes (the format's)."""
-        return self._format().tensor_shapes(self, weight, shape)
+        return self.quant_format().tensor_shapes(self, weight, shape)
 
     def quantization_config(self) -> dict[str, Any]:
-        return self._format().quantization_config(self)
+        return self.quant_format().quantization_config(self)
 
     def stored_weight_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """The shape a quantized [N, K] weight is stored in (packed formats: fewer columns)."""
-        return self._format().stored_weight_shape(self, shape)
+        return self.quant_format().stored_weight_shape(self, shape)
 
     def summary(self) -> str:
         return f"{self.format} [{self.block[0]}x{self.block[1]}]"
@@ -388,9 +390,9 @@ class ModelSpec:
         spec's float dtype, never an extra's own dtype)."""
         info = parameter_table(self).get(name)
         if self.quantized_on_disk and info is not None and info.is_scale:
-            return self.quant._format().scale_dtype if self.quant else torch.float32
+            return self.quant.quant_format().scale_dtype if self.quant else torch.float32
         if self.quantized_on_disk and name in self.quantized_weights():
-            return self.quant._format().weight_dtype if self.quant else torch.float8_e4m3fn
+            return self.quant.quant_format().weight_dtype if self.quant else torch.float8_e4m3fn
         for extra in self.extras:
             if extra.canonical_name == name:
                 return torch_dtype(extra.dtype)

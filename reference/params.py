@@ -78,8 +78,8 @@ def _layer_param(spec: "ModelSpec", name: str, scales: Mapping[str, str]) -> Par
                   if module in parts), (None, None))
     proj = module.split(".")[1]
     role = _ROLE_OF_SUFFIX[suffix]
-    if spec.quant is not None and suffix == "weight_scale":
-        role = "block_scale"  # a format's scale grid (MXFP4's E8M0 bytes), not one scalar
+    if spec.quant is not None and suffix == spec.quant.quant_format().scale_suffix:
+        role = "block_scale"  # the format's scale grid (MXFP4's E8M0 bytes), not one scalar
     weight = f"model.layers.{layer}.{module}.weight"
     if role in ("weight_scale", "input_scale"):
         tp_dim = None  # per-tensor scales are replicated
