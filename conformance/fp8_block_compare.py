@@ -18,8 +18,8 @@ from reference.contract import LoadOptions, ModelSpec
 from reference.dtypes import FP8_DTYPES, poison_mask
 from reference.fp8 import code_step
 from reference.quant.fp8_block import dequantize_blocks, expand_scales, scale_inv_name
-from .compare import Divergence, compare_tensor, fused_slot
-from .quant_compare import matrix_divergence, register
+from .compare import Divergence, fused_slot
+from .quant_compare import matrix_divergence, register, tensor_problems
 
 __all__ = ["block_of", "block_divergence", "refine_block_fp8", "block_round_trip_divergences"]
 
@@ -55,11 +55,7 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                      weight: str, block: tuple[int, int]) -> Divergence | None:
     """One divergence for `weight`'s codes and scale grid, or None if both are equal."""
     scale = scale_inv_name(weight)
-    names = [weight, scale]
-    problems = {n: d for n in names if n in expected
-                for d in [compare_tensor(n, expected[n], found[n]) if n in found else
-                          Divergence("absent", n, f"{n}: absent", finding="missing")]
-                if d is not None}
+    problems = tensor_problems(expected, found, (weight, scale))
     if not problems:
         return None
     slot = fused_slot(weight)

@@ -18,8 +18,8 @@ from reference.contract import LoadOptions, ModelSpec
 from reference.dtypes import poison_mask
 from reference.quant.mxfp4 import (E2M1_VALUES, E8M0_BIAS, E8M0_NAN, GROUP,
                                    dequantize_mxfp4, unpack_codes)
-from .compare import Divergence, compare_tensor, fused_slot
-from .quant_compare import matrix_divergence, register
+from .compare import Divergence, fused_slot
+from .quant_compare import matrix_divergence, register, tensor_problems
 
 __all__ = ["scale_text", "mxfp4_divergence", "refine_mxfp4"]
 
@@ -70,10 +70,7 @@ def mxfp4_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                      weight: str) -> Divergence | None:
     """One divergence for `weight`'s packed codes and E8M0 scales, or None if both equal."""
     scale = scale_name(weight)
-    problems = {n: d for n in (weight, scale) if n in expected
-                for d in [compare_tensor(n, expected[n], found[n]) if n in found else
-                          Divergence("absent", n, f"{n}: absent", finding="missing")]
-                if d is not None}
+    problems = tensor_problems(expected, found, (weight, scale))
     if not problems:
         return None
     slot = fused_slot(weight)

@@ -17,10 +17,10 @@ import torch
 
 from reference.contract import LoadOptions, ModelSpec
 from reference.quant import FORMATS
-from reports.schema import Counts, Diffs
-from .compare import Divergence, Slot
+from reports.schema import Counts, Diffs, Slot
+from .compare import Divergence, compare_tensor
 
-__all__ = ["Refiner", "register", "refine_quantized", "matrix_divergence"]
+__all__ = ["Refiner", "register", "refine_quantized", "tensor_problems", "matrix_divergence"]
 
 Refiner = Callable[[list[Divergence], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor],
                     ModelSpec, "LoadOptions | None"], list[Divergence]]
@@ -52,6 +52,16 @@ def refine_quantized(divergences: list[Divergence],
     for refiner in _refiners():
         divergences = refiner(divergences, expected, found, spec, options)
     return divergences
+
+
+def tensor_problems(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                    names: tuple[str, ...]) -> dict[str, Divergence]:
+    """name -> the divergence of each of a quantized matrix's tensors (its codes, its
+    scales) that differs or is absent from `found`."""
+    return {n: d for n in names if n in expected
+            for d in [compare_tensor(n, expected[n], found[n]) if n in found else
+                      Divergence("absent", n, f"{n}: absent", finding="missing")]
+            if d is not None}
 
 
 def matrix_divergence(weight: str, named: str, slot: Slot | None,
