@@ -10,7 +10,6 @@ half a code step and zero blocks.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -19,9 +18,8 @@ from reference.contract import LoadOptions, ModelSpec
 from reference.dtypes import FP8_DTYPES, poison_mask
 from reference.fp8 import code_step
 from reference.quant.fp8_block import dequantize_blocks, expand_scales, scale_inv_name
-from reports.schema import Counts, Diffs
-from .compare import Divergence, compare_tensor, fused_slot
-from .quant_compare import register
+from .compare import Divergence, fused_slot
+from .quant_compare import matrix_divergence, register, tensor_problems
 
 __all__ = ["block_of", "block_divergence", "refine_block_fp8", "block_round_trip_divergences"]
 
@@ -57,11 +55,7 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                      weight: str, block: tuple[int, int]) -> Divergence | None:
     """One divergence for `weight`'s codes and scale grid, or None if both are equal."""
     scale = scale_inv_name(weight)
-    names = [weight, scale]
-    problems = {n: d for n in names if n in expected
-                for d in [compare_tensor(n, expected[n], found[n]) if n in found else
-                          Divergence("absent", n, f"{n}: absent", finding="missing")]
-                if d is not None}
+    problems = tensor_problems(expected, found, (weight, scale))
     if not problems:
         return None
     slot = fused_slot(weight)
@@ -75,7 +69,6 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         and g_s.dtype == w_s.dtype and not g_s.is_meta and not g_c.is_meta
     detail: dict = {"matrix": matrix, "slot": slot.text() if slot else "",
                     "block_size": list(block)}
-    lines: list[str] = []
     if comparable:
         mask = _differing_blocks(w_s, g_s, w_c, g_c, block)
         where = mask.nonzero()
@@ -97,28 +90,9 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                     f"off by up to {error:.4g}")
         detail.update(block=[r, c], expected_scale=exp_s, found_scale=got_s,
                       dequantized_max_abs_diff=error)
-    else:
-        first = codes_d if codes_d is not None and codes_d.finding != "unwritten" or \
-            scale_d is None else scale_d
-        finding = first.finding
-        which = "codes" if first is codes_d else "weight_scale_inv"
-        headline = f"{named}: {which} {first.headline.split(': ', 1)[-1]}"
-    for d in (codes_d, scale_d):
-        if d is not None:
-            lines.append("    " + d.message.split("\n")[0])
-    lead = codes_d or scale_d
-    diffs = codes_d.diffs if codes_d is not None and codes_d.diffs else Diffs()
-    # the card names the weight: its dtype, shape and code counts, not the scale grid's
-    dtype, shape, counts = lead.dtype, lead.shape, lead.counts
-    if comparable:
-        diffs = replace(diffs, dequantized_max_abs=error)
-        dtype, shape = str(w_c.dtype), list(w_c.shape)
-        counts = codes_d.counts if codes_d is not None else Counts(0, w_c.numel())
-    return Divergence("fp8" if all(d.kind == "tensor" for d in problems.values())
-                      else lead.kind, weight, "\n".join([headline] + lines), detail,
-                      finding=finding, headline=headline, tensor=weight, slot=slot,
-                      dtype=dtype, shape=shape, counts=counts, diffs=diffs,
-                      source=lead.source, tp=lead.tp)
+    return matrix_divergence(weight, named, slot, problems, codes_d, scale_d,
+                             "weight_scale_inv", detail,
+                             (headline, finding, error) if comparable else None, w_c)
 
 
 @register("fp8_block")

@@ -37,7 +37,8 @@ REPLAYED = frozenset({
     "P8 meta init", "P8 meta submodule", "P11 sharded index", "P11 hostile checkpoint",
     "P11 corrupted bytes", "P3 FP8 scale slots", "P3 FP8 fused/split", "P4 online FP8",
     "P12 non-finite"}) | {  # block FP8 (issue 16)
-    "P3b block FP8 checkpoint", "P3b block FP8 fused/split", "P4b online block FP8"}
+    "P3b block FP8 checkpoint", "P4b online block FP8"}
+REPLAYED |= {"P3m MXFP4 checkpoint"}  # MXFP4 (issue 16)
 
 
 def save_checkpoint(source: Path, target: Path, limit: int = REPRO_COPY_LIMIT) -> list[str]:

@@ -22,6 +22,7 @@ from reference.checkpoint import shard_file_name, write_checkpoint, write_safete
 from reference.contract import DTYPES, ModelSpec, parameter_table, torch_dtype
 from reference.dtypes import PLAIN_FLOATS, SAFETENSORS_CODES
 from reference.names import layout_keys, to_checkpoint_tensors
+from reference.quant.mxfp4 import SCALE_BYTES
 from .files import read_header_keys, respan, rewrite_index
 from .tensors import at_rounding_ties, seeded_tensor
 
@@ -79,6 +80,8 @@ class CheckpointPlan:
     # block FP8 (issue 16): linear weights whose top-left 4x8 corner is zero (a whole zero
     # block for every block the generators draw, bn <= 4 and bk <= 8)
     zero_blocks: tuple[str, ...] = ()
+    # MXFP4 (issue 16): scale bytes drawn in [low, high] instead of the whole range 2 .. 252
+    mxfp4_scale_range: tuple[int, int] | None = None
 
     # ----- the tensors ----------------------------------------------------------------
     def canonical(self) -> dict[str, torch.Tensor]:
@@ -94,6 +97,8 @@ class CheckpointPlan:
             for name in values:
                 if table[name].role in ("weight_scale", "input_scale"):
                     values[name] = torch.tensor(scales.get(name, 1.0), dtype=torch.float32)
+                elif table[name].role == "block_scale" and self.spec.quant.format == "mxfp4":
+                    values[name] = mxfp4_scale_bytes(values[name], self.mxfp4_scale_range)
                 elif table[name].role == "block_scale":  # block scales over 2^-20 .. 2^10
                     values[name] = torch.exp2((values[name] * 4).clamp(-20, 10)).float()
         elif self.weight_gain != 1.0:
@@ -222,9 +227,22 @@ class CheckpointPlan:
             parts.append(f"amax in one element of: {', '.join(self.amax_spikes)}")
         if self.zero_blocks:
             parts.append(f"a zero block in: {', '.join(self.zero_blocks)}")
+        if self.mxfp4_scale_range:
+            parts.append("MXFP4 scale bytes in [{}, {}]".format(*self.mxfp4_scale_range))
         if self.non_finite:
             parts.append("non-finite: " + ", ".join(f"{n}[0]={v}" for n, v in self.non_finite))
         return "; ".join(parts)
+
+
+def mxfp4_scale_bytes(seeded: torch.Tensor, span: tuple[int, int] | None = None
+                      ) -> torch.Tensor:
+    """MXFP4 E8M0 scale bytes from seeded bytes: spread over every byte whose scale keeps
+    each code a normal float32 (2^-125 .. 2^125), or over `span`, both ends written; never
+    0xFF (NaN, and the poison pattern: an unwritten scale is always told apart)."""
+    low, high = span or (SCALE_BYTES.start, SCALE_BYTES.stop - 1)
+    flat = (low + seeded.to(torch.int32).reshape(-1) % (high - low + 1)).clone()
+    flat[:1], flat[-1:] = low, high
+    return flat.to(torch.uint8).reshape(seeded.shape)
 
 
 def canonical_tensors(spec: ModelSpec, seed: int, disk_dtype: torch.dtype

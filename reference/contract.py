@@ -81,6 +81,13 @@ CAPABILITIES = {**CAPABILITIES,
                                     "quant_block=(bn, bk)) returns codes and a weight_scale_inv "
                                     "grid per linear"}
 
+# ----- MXFP4 (issue 16: reference/quant/mxfp4.py) ------------------------------------------
+CAPABILITIES = {**CAPABILITIES,
+                "mxfp4_serialized": "serialized MXFP4 checkpoints (E2M1 codes packed two per "
+                                    "byte as a uint8 weight, a uint8 E8M0 weight_scale per 32 "
+                                    "input elements, Quark's OCP-MX quantization_config), "
+                                    "split or fused on disk"}
+
 # Where real loaders legitimately differ. Each variant has a default (the first value);
 # a loader declares which one it follows and the reference computes the expected
 # outcome under the same declaration.
@@ -197,13 +204,14 @@ def fp8_quantization_config(form: str, input_scale: bool) -> dict[str, Any]:
 
 # The formats `ModelSpec.quant` may name (reference/quant/: one module each). Per-tensor
 # FP8 keeps its own fields (`fp8_checkpoint`, `fp8_input_scale`), which every adapter reads.
-QUANT_FORMATS = ("fp8_block",)
+QUANT_FORMATS = ("fp8_block", "mxfp4")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """A serialized quantized checkpoint of a format in reference/quant/ (`format`), with
-    its block shape [bn, bk] (rows, cols) where the format has blocks."""
+    its block shape [bn, bk] (rows, cols) where the format has blocks (a format that fixes
+    its block, MXFP4's [1, 32], sets it)."""
 
     format: str
     block: tuple[int, int] = (128, 128)
@@ -214,15 +222,26 @@ class QuantSpec:
         object.__setattr__(self, "block", tuple(int(b) for b in self.block))
         if len(self.block) != 2 or min(self.block) < 1:
             raise ValueError(f"quant block {self.block} is not two positive sizes [bn, bk]")
+        fixed = self.quant_format().fixed_block
+        if fixed is not None:
+            object.__setattr__(self, "block", fixed)
+
+    def quant_format(self):
+        """The format's QuantFormat object (reference/quant/), which every question about
+        its tensors goes to."""
+        from .quant import format_of  # the formats import this module
+        return format_of(self)
 
     def tensor_shapes(self, weight: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         """The canonical tensors beside quantized `weight` and their shapes (the format's)."""
-        from .quant import format_of  # the formats import this module
-        return format_of(self).tensor_shapes(self, weight, shape)
+        return self.quant_format().tensor_shapes(self, weight, shape)
 
     def quantization_config(self) -> dict[str, Any]:
-        from .quant import format_of
-        return format_of(self).quantization_config(self)
+        return self.quant_format().quantization_config(self)
+
+    def stored_weight_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The shape a quantized [N, K] weight is stored in (packed formats: fewer columns)."""
+        return self.quant_format().stored_weight_shape(self, shape)
 
     def summary(self) -> str:
         return f"{self.format} [{self.block[0]}x{self.block[1]}]"
@@ -342,7 +361,9 @@ class ModelSpec:
             p = f"model.layers.{layer}"
             shapes[f"{p}.input_layernorm.weight"] = (h,)
             for module, (out_features, in_features) in out_in.items():
-                shapes[f"{p}.{module}.weight"] = (out_features, in_features)
+                shapes[f"{p}.{module}.weight"] = (out_features, in_features) \
+                    if self.quant is None else self.quant.stored_weight_shape(
+                        (out_features, in_features))
                 if self.has_bias(module.split(".")[1]):
                     shapes[f"{p}.{module}.bias"] = (out_features,)
                 if self.fp8_checkpoint:  # scalar scales, one per logical matrix
@@ -369,9 +390,9 @@ class ModelSpec:
         spec's float dtype, never an extra's own dtype)."""
         info = parameter_table(self).get(name)
         if self.quantized_on_disk and info is not None and info.is_scale:
-            return torch.float32
+            return self.quant.quant_format().scale_dtype if self.quant else torch.float32
         if self.quantized_on_disk and name in self.quantized_weights():
-            return torch.float8_e4m3fn
+            return self.quant.quant_format().weight_dtype if self.quant else torch.float8_e4m3fn
         for extra in self.extras:
             if extra.canonical_name == name:
                 return torch_dtype(extra.dtype)

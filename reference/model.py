@@ -19,6 +19,7 @@ from torch import nn
 from .contract import ModelSpec, parameter_table
 from .dtypes import poison_
 from .fp8 import dequantize
+from .quant import format_of
 from .quant.fp8_block import dequantize_blocks
 from .names import FUSED_PROJECTIONS
 from .tp import rank_shapes
@@ -307,9 +308,15 @@ class TinyDecoderLM(nn.Module):
             raise NotImplementedError("the reference forward runs at tp_size=1 only")
         spec = self.spec
 
+        quant = spec.quant  # a serialized format's weights: the format dequantizes them
+        quantized = set(spec.quantized_weights()) if quant is not None else set()
+        tail = format_of(quant).scale_suffix[len("weight"):] if quant is not None else ""
+
         def weights(prefix: str) -> dict[str, torch.Tensor]:
             views = self.canonical_views()
-            return {n: dequantize(t, views[n + "_scale"]) if n + "_scale" in views
+            return {n: format_of(quant).dequantize(quant, t, views[n + tail])
+                    if n in quantized
+                    else dequantize(t, views[n + "_scale"]) if n + "_scale" in views
                     else dequantize_blocks(t, views[n + "_scale_inv"], self.quant_block)
                     if n + "_scale_inv" in views else t.float() for n, t in views.items()
                     if n.startswith(prefix) and ".extras." not in n}  # extras feed nothing

@@ -42,7 +42,8 @@ class ParamInfo:
     """What one canonical parameter of a spec is, so that nobody parses its name.
 
     role        embedding, head, norm, linear_weight, linear_bias, weight_scale,
-                input_scale, block_scale, extra or resampler
+                input_scale, block_scale (a grid of scales that splits with its weight: block
+                FP8's weight_scale_inv, MXFP4's weight_scale), extra or resampler
     layer       its decoder layer (None outside the layers)
     module      its linear projection (`self_attn.q_proj`), None for others
     fused       the fused module that stacks it (`self_attn.qkv_proj`) and its `slot` there
@@ -77,6 +78,8 @@ def _layer_param(spec: "ModelSpec", name: str, scales: Mapping[str, str]) -> Par
                   if module in parts), (None, None))
     proj = module.split(".")[1]
     role = _ROLE_OF_SUFFIX[suffix]
+    if spec.quant is not None and suffix == spec.quant.quant_format().scale_suffix:
+        role = "block_scale"  # the format's scale grid (MXFP4's E8M0 bytes), not one scalar
     weight = f"model.layers.{layer}.{module}.weight"
     if role in ("weight_scale", "input_scale"):
         tp_dim = None  # per-tensor scales are replicated

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .contract import ModelSpec, UnsupportedLayoutError
+from .contract import ModelSpec, UnsupportedLayoutError, parameter_table
 
 __all__ = ["RankSlice", "rank_slice", "check_tp", "rank_shapes", "gather_ranks"]
 
@@ -65,6 +65,12 @@ def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int,
     `quant.block`; an online block quantization passes its own)."""
     if tp_size == 1:
         return None
+    quantized = _quantized_tensor(spec, name)
+    if quantized is not None:  # a format's stored weight or scale grid: the format says
+        weight, tensor = quantized
+        from .quant import format_of  # the formats import this module
+        return format_of(spec.quant).stored_slice(
+            spec.quant, _logical_slice(spec, weight, tp_size, rank, vocab_shards), tensor)
     if name.endswith("_scale_inv"):  # the scale rows / columns of the rank's weight blocks
         block = block or (spec.quant.block if spec.quant is not None else None)
         piece = rank_slice(spec, name[: -len("_scale_inv")], tp_size, rank, vocab_shards)
@@ -72,6 +78,13 @@ def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int,
             return None
         size = block[piece.dim]
         return RankSlice(piece.dim, piece.start // size, -(-piece.stop // size))
+    return _logical_slice(spec, name, tp_size, rank, vocab_shards)
+
+
+def _logical_slice(spec: ModelSpec, name: str, tp_size: int, rank: int, vocab_shards: str
+                   ) -> RankSlice | None:
+    """The rank's part of an unquantized parameter, or of a quantized weight's logical
+    [N, K] matrix."""
     module, is_weight = _module(name), name.endswith(".weight")
     if name in _VOCAB and vocab_shards == "padded64":
         per = -(-spec.vocab_size // 64) * 64 // tp_size
@@ -98,6 +111,19 @@ def rank_slice(spec: ModelSpec, name: str, tp_size: int, rank: int,
         per = full // tp_size
         return RankSlice(1, rank * per, (rank + 1) * per)
     return None
+
+
+def _quantized_tensor(spec: ModelSpec, name: str) -> tuple[str, str] | None:
+    """(its weight, "weight" or "scale") for a stored weight or scale grid of the spec's
+    serialized format (`spec.quant`); None for anything else."""
+    if spec.quant is None or not name.startswith("model.layers."):
+        return None
+    info = parameter_table(spec).get(name)
+    if info is None or info.module is None:
+        return None
+    if info.role == "block_scale":
+        return info.of, "scale"
+    return (name, "weight") if info.role == "linear_weight" and info.quant else None
 
 
 def rank_shapes(spec: ModelSpec, tp_size: int, rank: int, vocab_shards: str = "even"

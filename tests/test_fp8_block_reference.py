@@ -59,7 +59,7 @@ def test_checkpoint_config_and_shapes_are_the_real_loaders_form():
     assert SPEC.parameter_dtype("model.layers.0.mlp.up_proj.weight_scale_inv") == torch.float32
     assert ModelSpec.from_dict(SPEC.to_dict()) == SPEC
     assert "quant" not in ModelSpec().to_dict()  # other specs serialize as before
-    assert set(FORMATS) == {"fp8", "fp8_block"}
+    assert set(FORMATS) == {"fp8", "fp8_block", "mxfp4"}
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -165,6 +165,17 @@ class BlockFp8:
     name = "fp8_block"
     scale_suffix = SCALE_SUFFIX
     capabilities = ("fp8_block_serialized", "fp8_block_online")
+    weight_dtype = FP8
+    scale_dtype = torch.float32
+    fixed_block = None
+
+    def stored_weight_shape(self, quant: QuantSpec, shape: tuple[int, int]
+                            ) -> tuple[int, int]:
+        return shape
+
+    def stored_slice(self, quant: QuantSpec, piece: RankSlice | None, tensor: str
+                     ) -> RankSlice | None:
+        return piece if tensor == "weight" else scale_slice(piece, quant.block)
 
     def tensor_shapes(self, quant: QuantSpec, weight: str, shape: tuple[int, int]
                       ) -> dict[str, tuple[int, ...]]:

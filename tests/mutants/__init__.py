@@ -35,6 +35,9 @@ MUTANTS = (
 ) + (  # block FP8 (issue 16)
     "p3b_tp_scale_rows_not_sliced", "p3b_scale_grid_transposed", "p3b_scale_inv_as_divisor",
     "p4b_partial_edge_block_dropped", "p3b_fused_boundary_misaligned_silently",
+) + (  # MXFP4 (issue 16)
+    "p3m_nibbles_swapped", "p3m_scale_bias_off_by_one", "p3m_tp_scale_columns_not_sliced",
+    "p3m_forward_high_nibble_first",
 )
 
 
