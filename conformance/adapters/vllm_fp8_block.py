@@ -20,6 +20,10 @@ Not claimed: `fp8_block_online`: vLLM's online block method (`quantization="fp8_
 `Fp8PerBlockOnlineLinearMethod.__init__`) fixes its block at [128, 128]; there is no option
 for another block, so a drawn [bn, bk] cannot be asked for. `reload`: not probed here.
 
+Errors: `validate_fp8_block_shape`'s ValueError ("... is not divisible by weight
+quantization block_n / block_k") -> UnsupportedLayoutError (the reference refuses the same
+layouts, `reference/quant/fp8_block.py`), beside vllm-fp8's mappings.
+
 The canonical view: each fused parameter's codes as rows per logical matrix (vLLM keeps
 block weights (N, K), untransposed), and its `weight_scale_inv` grid's block rows per
 logical matrix (every shard but the last starts on a block boundary: vLLM refuses others).
@@ -28,9 +32,11 @@ Only `reference.contract` is imported from loadcheck.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from reference.contract import LoadOptions, LoadResult, ModelSpec
+from reference.contract import LoadOptions, LoadResult, ModelSpec, UnsupportedLayoutError
 
 from .vllm import _FUSED, _LOCK, _fused_rows, _map_error, _setup, VllmFp8Loader
 
@@ -62,7 +68,7 @@ class VllmFp8BlockLoader(VllmFp8Loader):
                 try:
                     return super().load(checkpoint, spec, options)
                 except BaseException as exc:
-                    mapped = _map_error(exc)
+                    mapped = _map_block_error(_map_error(exc))
                     if mapped is exc:
                         raise
                     raise mapped from exc
@@ -74,6 +80,16 @@ class VllmFp8BlockLoader(VllmFp8Loader):
         return LoadResult(state=state, loaded=result.loaded, missing=result.missing,
                           unexpected=result.unexpected, ignored=result.ignored,
                           aliases=result.aliases, model=model)
+
+
+def _map_block_error(exc: BaseException) -> BaseException:
+    """validate_fp8_block_shape's refusal of a TP partition or a merged shard that is not
+    whole blocks (a ValueError, fp8_utils.py:1324 / :1341) -> UnsupportedLayoutError: the
+    layout refusal the reference makes for the same rule."""
+    if isinstance(exc, ValueError) and re.search(
+            r"is not divisible by weight quantization block_[nk]", str(exc)):
+        return UnsupportedLayoutError(f"vLLM: {exc}", subject="config.json")
+    return exc
 
 
 def _block_scales(model: torch.nn.Module) -> dict[str, torch.Tensor]:
