@@ -15,23 +15,16 @@ import torch
 pytest.importorskip("transformers")
 
 from conformance.adapters import transformers_fp8_block as adapter  # noqa: E402
-from conformance.compare import compare_outcomes, run_outcome  # noqa: E402
-from generators.checkpoints import CheckpointPlan  # noqa: E402
-from reference.contract import LoadOptions, ModelSpec, QuantSpec, check_loader  # noqa: E402
-from reference.loading import ReferenceLoader  # noqa: E402
+from conformance.compare import compare_outcomes  # noqa: E402
+from reference.contract import ModelSpec, check_loader  # noqa: E402
 from reference.quant.fp8_block import dequantize_blocks  # noqa: E402
+from tests.block_fp8_cases import BLOCK_LLAMA, load_both  # noqa: E402
 
-REFERENCE = ReferenceLoader(variants=adapter.loader.variants)
-LLAMA = ModelSpec(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                  num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, dtype="bfloat16",
-                  quant=QuantSpec("fp8_block", (4, 8)))
+LLAMA = BLOCK_LLAMA
 
 
 def _both(tmp_path: Path, spec: ModelSpec, **plan):
-    directory = CheckpointPlan(spec, data_seed=5, **plan).write(tmp_path / "checkpoint")
-    expected = run_outcome(lambda: REFERENCE.load(str(directory), spec, LoadOptions()))
-    found = run_outcome(lambda: adapter.loader.load(str(directory), spec, LoadOptions()))
-    return expected, found
+    return load_both(tmp_path, adapter.loader, spec, **plan)
 
 
 def test_contract():

@@ -12,23 +12,16 @@ import pytest
 pytest.importorskip("vllm")
 
 from conformance.adapters import vllm_fp8_block as adapter  # noqa: E402
-from conformance.compare import compare_outcomes, run_outcome  # noqa: E402
-from generators.checkpoints import CheckpointPlan  # noqa: E402
-from reference.contract import (LoadOptions, ModelSpec, QuantSpec,  # noqa: E402
-                                UnsupportedLayoutError, check_loader)
-from reference.loading import ReferenceLoader  # noqa: E402
+from conformance.compare import compare_outcomes  # noqa: E402
+from reference.contract import (ModelSpec, QuantSpec, UnsupportedLayoutError,  # noqa: E402
+                                check_loader)
+from tests.block_fp8_cases import BLOCK_LLAMA, load_both  # noqa: E402
 
-REFERENCE = ReferenceLoader(variants=adapter.loader.variants)
-LLAMA = ModelSpec(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                  num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, dtype="bfloat16",
-                  quant=QuantSpec("fp8_block", (4, 8)))
+LLAMA = BLOCK_LLAMA
 
 
 def _both(tmp_path: Path, spec: ModelSpec, **plan):
-    directory = CheckpointPlan(spec, data_seed=5, **plan).write(tmp_path / "checkpoint")
-    expected = run_outcome(lambda: REFERENCE.load(str(directory), spec, LoadOptions()))
-    found = run_outcome(lambda: adapter.loader.load(str(directory), spec, LoadOptions()))
-    return expected, found
+    return load_both(tmp_path, adapter.loader, spec, **plan)
 
 
 def test_contract_and_named_substitution():
