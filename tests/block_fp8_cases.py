@@ -16,8 +16,9 @@ BLOCK_LLAMA = ModelSpec(family="llama", vocab_size=64, hidden_size=32, intermedi
                         dtype="bfloat16", quant=QuantSpec("fp8_block", (4, 8)))
 
 
-def load_both(tmp_path: Path, candidate, spec: ModelSpec, **plan) -> tuple[Outcome, Outcome]:
+def load_both(tmp_path: Path, candidate, spec: ModelSpec, options: LoadOptions = LoadOptions(),
+              **plan) -> tuple[Outcome, Outcome]:
     directory = str(CheckpointPlan(spec, data_seed=5, **plan).write(tmp_path / "checkpoint"))
     reference = ReferenceLoader(variants=candidate.variants)
-    return (run_outcome(lambda: reference.load(directory, spec, LoadOptions())),
-            run_outcome(lambda: candidate.load(directory, spec, LoadOptions())))
+    return (run_outcome(lambda: reference.load(directory, spec, options)),
+            run_outcome(lambda: candidate.load(directory, spec, options)))

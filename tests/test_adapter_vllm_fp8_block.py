@@ -13,8 +13,8 @@ pytest.importorskip("vllm")
 
 from conformance.adapters import vllm_fp8_block as adapter  # noqa: E402
 from conformance.compare import compare_outcomes  # noqa: E402
-from reference.contract import (ModelSpec, QuantSpec, UnsupportedLayoutError,  # noqa: E402
-                                check_loader)
+from reference.contract import (LoadOptions, ModelSpec, QuantSpec,  # noqa: E402
+                                UnsupportedLayoutError, check_loader)
 from tests.block_fp8_cases import BLOCK_LLAMA, load_both  # noqa: E402
 
 LLAMA = BLOCK_LLAMA
@@ -40,9 +40,19 @@ def test_codes_and_scale_grids_equal_the_reference(tmp_path, spec, fused):
     assert "model.layers.0.self_attn.k_proj.weight_scale_inv" in found.result.state
 
 
-def test_a_shard_boundary_inside_a_block_is_refused(tmp_path):
-    """q has 32 rows: in blocks of 3 rows, k would start inside block row 10 of qkv_proj
-    (validate_fp8_block_shape: 'is not divisible by weight quantization block_n')."""
+def test_a_tp_rank_that_is_not_whole_blocks_is_refused(tmp_path):
+    """o_proj / down_proj under tp=2 hold 16 / 32 input columns: not multiples of block_k=12
+    (validate_fp8_block_shape, mapped to UnsupportedLayoutError, as the reference)."""
+    spec = replace(LLAMA, quant=QuantSpec("fp8_block", (4, 12)))
+    expected, found = load_both(tmp_path, adapter.loader, spec, LoadOptions(tp_size=2))
+    assert isinstance(expected.error, UnsupportedLayoutError)
+    assert isinstance(found.error, UnsupportedLayoutError) and "block_k" in str(found.error)
+
+
+def test_known_a_fused_shard_boundary_inside_a_block_loads(tmp_path):
+    """Finding VB3: q has 32 rows; in blocks of 3 rows k starts inside block row 10 of
+    qkv_proj. The reference refuses; vLLM's _maybe_allow_fp8_block_shape_mismatch
+    (linear.py) switches validate_fp8_block_shape off for that merged layer and it loads."""
     expected, found = _both(tmp_path, replace(LLAMA, quant=QuantSpec("fp8_block", (3, 8))))
     assert isinstance(expected.error, UnsupportedLayoutError)
-    assert found.error is not None and "block_n" in str(found.error)
+    assert found.error is None
