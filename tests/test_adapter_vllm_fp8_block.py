@@ -49,10 +49,20 @@ def test_a_tp_rank_that_is_not_whole_blocks_is_refused(tmp_path):
     assert isinstance(found.error, UnsupportedLayoutError) and "block_k" in str(found.error)
 
 
-def test_known_a_fused_shard_boundary_inside_a_block_loads(tmp_path):
-    """Finding VB3: q has 32 rows; in blocks of 3 rows k starts inside block row 10 of
-    qkv_proj. The reference refuses; vLLM's _maybe_allow_fp8_block_shape_mismatch
-    (linear.py) switches validate_fp8_block_shape off for that merged layer and it loads."""
-    expected, found = _both(tmp_path, replace(LLAMA, quant=QuantSpec("fp8_block", (3, 8))))
+def test_known_a_fused_shard_boundary_inside_a_block_is_not_refused(tmp_path):
+    """Finding VB3: vLLM's _maybe_allow_fp8_block_shape_mismatch (linear.py) switches
+    validate_fp8_block_shape off for a merged layer whose shards are not whole blocks; each
+    shard's scale rows go to ceil(offset / block_n). Where those rows fit the fused grid the
+    checkpoint loads silently (q 8 rows, k 4, v 4 in blocks of 3); where they overrun it
+    (gate and up of 64 rows: 22 + 22 block rows of 43) a narrow fails, reported as a shape
+    error. The reference refuses both layouts."""
+    fits = ModelSpec(family="llama", vocab_size=8, hidden_size=8, intermediate_size=2,
+                     num_layers=1, num_heads=4, num_kv_heads=2, head_dim=2, dtype="bfloat16",
+                     quant=QuantSpec("fp8_block", (3, 4)))
+    expected, found = _both(tmp_path / "fits", fits)
     assert isinstance(expected.error, UnsupportedLayoutError)
     assert found.error is None
+    overruns = replace(LLAMA, quant=QuantSpec("fp8_block", (3, 8)))
+    expected, found = _both(tmp_path / "overruns", overruns)
+    assert isinstance(expected.error, UnsupportedLayoutError)
+    assert "exceeds dimension size (43)" in str(found.error)
