@@ -39,7 +39,7 @@ from reference.hf_config import UnsupportedConfigError, spec_from_config
 from reference.loading import ReferenceLoader
 from .compare import (SEVERITIES, Divergence, Outcome, compare_outcomes, compare_states,
                       run_outcome)
-from .fp8_compare import refine_fp8
+from .quant_compare import refine_quantized
 from .harness import name_sets
 from .loaders import LoaderResolutionError, resolve
 from .records import RecordWriter, new_run_id, replace_cell, run_metadata
@@ -151,7 +151,7 @@ class StreamedReference(ReferenceLoader):
         self._opened: list = []
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions):
-        self._defer = not (spec.fp8_checkpoint or options.quantize or options.check_finite)
+        self._defer = not (spec.quantized_on_disk or options.quantize or options.check_finite)
         return super().load(checkpoint, spec, options)
 
     def open(self, checkpoint: str):
@@ -319,7 +319,8 @@ class Differential:
             if not fp8:
                 _release(list(one.values()))
         if fp8:  # one report per matrix
-            divergences = refine_fp8(divergences, exp.state, got.state, self.spec)
+            divergences = refine_quantized(divergences, exp.state, got.state, self.spec,
+                                           options)
             _release(list(expected.values()))
         nbytes = sum(_nbytes(t) for t in expected.values())
         self.bytes_compared += nbytes

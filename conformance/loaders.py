@@ -19,6 +19,9 @@ ADAPTERS = {name: f"conformance.adapters.{name}" for name in
 # issue 17: more real candidates (a name with a dash names a module with an underscore)
 ADAPTERS.update({name: f"conformance.adapters.{name.replace('-', '_')}" for name in
                  ("fastsafetensors", "transformers-ct", "sglang")})
+# issue 16: block-wise FP8 readers
+ADAPTERS.update({name: f"conformance.adapters.{name.replace('-', '_')}" for name in
+                 ("transformers-fp8-block", "vllm-fp8-block")})
 BUILTINS = ("reference", "reference-split")
 KNOWN_NAMES = BUILTINS + tuple(sorted(ADAPTERS))
 

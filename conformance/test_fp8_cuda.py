@@ -15,8 +15,9 @@ from hypothesis import given, strategies as st
 from generators.fp8 import online_cases
 from .compare import Divergence, compare_states, run_outcome
 from .figures import write_figure
-from .fp8_compare import code_agreement, codes_within_one_step, refine_fp8, scaled_mm_divergences
+from .fp8_compare import code_agreement, codes_within_one_step, scaled_mm_divergences
 from .harness import candidate_call, count_example, fail_on, written
+from .quant_compare import refine_quantized
 from .session import current
 
 
@@ -57,9 +58,9 @@ def test_cuda_codes_match_cpu_reference(data):
         divergences = []
         if one_step:
             divergences += codes_within_one_step(expected, found, case.plan.spec)
-        divergences += refine_fp8(compare_states(expected, found,
-                                                 where=lambda n: "CUDA vs the CPU reference"),
-                                  expected, found, case.plan.spec)
+        divergences += refine_quantized(
+            compare_states(expected, found, where=lambda n: "CUDA vs the CPU reference"),
+            expected, found, case.plan.spec, case.options)
         fail_on(divergences, "FP8 on CUDA", case, directory)
 
 

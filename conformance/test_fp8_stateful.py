@@ -20,7 +20,7 @@ from generators.cases import LoadCase
 from generators.fp8 import reload_cases, scale_tables
 from reference.names import layout_keys
 from .compare import Divergence, compare_states, run_outcome
-from .fp8_compare import refine_fp8
+from .quant_compare import refine_quantized
 from .harness import candidate_call, count_example, fail_on, seed_machine
 from .session import current
 
@@ -132,8 +132,8 @@ class LoadReloadMachine(RuleBasedStateMachine):
         if self.found is None:
             return
         expected, found = self.expected.state, self.found.state
-        divergences = refine_fp8(compare_states(expected, found), expected, found,
-                                 self.case.plan.spec)
+        divergences = refine_quantized(compare_states(expected, found), expected, found,
+                                       self.case.plan.spec, self.case.options)
         divergences += [Divergence("placement", n, f"{n}: its storage moved (data_ptr "
                                    f"{self.pointers[n]:#x} -> {t.data_ptr():#x})",
                                    {"expected": self.pointers[n], "found": t.data_ptr()})

@@ -14,14 +14,14 @@ from generators.cases import LoadCase
 from generators.fp8 import reload_cases
 from reference.names import layout_keys
 from .compare import Divergence, compare_states, run_outcome
-from .fp8_compare import refine_fp8
+from .quant_compare import refine_quantized
 from .harness import candidate_call, count_example, fail_on, load_both, written
 from .session import current
 
 
 def _divergences(case: LoadCase, expected, found, title: str) -> list[Divergence]:
     divergences = compare_states(expected, found, where=lambda n: title)
-    return refine_fp8(divergences, expected, found, case.plan.spec)
+    return refine_quantized(divergences, expected, found, case.plan.spec, case.options)
 
 
 def _moved(before: dict[str, int], state) -> list[Divergence]:

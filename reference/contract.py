@@ -161,6 +161,16 @@ VARIANTS = {**VARIANTS,
     "fp8_block_fusion": ("fused", "per_module"),
 }
 
+# ----- block-wise FP8 held dequantized (issue 16: the transformers fine-grained FP8 adapter)
+VARIANTS = {**VARIANTS,
+    # What a loader holds for a serialized block-FP8 linear: its FP8 codes and the float32
+    # `weight_scale_inv` grid ("codes", vLLM), or "dequantized": codes · scale computed in
+    # float32 and rounded once to the model's dtype, with no scale kept (transformers
+    # without a GPU: FineGrainedFP8HfQuantizer.validate_environment forces dequantize=True,
+    # and Fp8Dequantize returns (q * s).to(dtype)).
+    "fp8_block_storage": ("codes", "dequantized"),
+}
+
 # ----- bytes after a file's data section (issue 17: fastsafetensors) ---------------------
 VARIANTS = {**VARIANTS,
     # Bytes after the last tensor's data: refused as corrupt ("refuse", the safetensors

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .contract import DTYPES, ModelSpec, UnsupportedLayoutError
+from .contract import DTYPES, ModelSpec, QuantSpec, UnsupportedLayoutError
 
 __all__ = ["UnsupportedConfigError", "SpecFromConfig", "spec_from_config"]
 
@@ -45,27 +45,61 @@ def _rope(config: Mapping[str, Any]) -> tuple[float, tuple[str, ...]]:
     return float(theta), (("rope_scaling",) if scaling else ())
 
 
-def _fp8(config: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """The serialized FP8 form the reference knows (per-tensor scales), or a refusal."""
+@dataclass(frozen=True)
+class _Quantized:
+    """The serialized quantized form config.json declares, as ModelSpec's fields."""
+    fp8_checkpoint: str | None = None
+    fp8_input_scale: bool = False
+    quant: QuantSpec | None = None
+
+
+def _block_fp8(quant: Mapping[str, Any]) -> QuantSpec:
+    """transformers' FineGrainedFP8Config / vLLM's Fp8Config with `weight_block_size`:
+    float8_e4m3fn codes with a float32 `weight_scale_inv` per [bn, bk] block."""
+    block = quant["weight_block_size"]
+    if not (isinstance(block, (list, tuple)) and len(block) == 2
+            and all(isinstance(b, int) and b > 0 for b in block)):
+        raise _refuse("quantization_config.weight_block_size", block,
+                      "two positive integers [block_n, block_k] are required")
+    # Block checkpoints quantize activations per token group at run time (vLLM refuses
+    # a static scheme with blocks); a static input scale has no place in the format.
+    if quant.get("activation_scheme", "dynamic") != "dynamic":
+        raise _refuse("quantization_config.activation_scheme", quant["activation_scheme"],
+                      "block-wise FP8 is expressible with dynamic activations only")
+    if quant.get("fmt", "e4m3") != "e4m3":
+        raise _refuse("quantization_config.fmt", quant["fmt"], "only e4m3 codes are expressible")
+    return QuantSpec("fp8_block", tuple(block))
+
+
+def _quantized(config: Mapping[str, Any]) -> _Quantized:
+    """The serialized quantized form the reference knows (per-tensor or block FP8), or a
+    refusal."""
     quant = config.get("quantization_config")
     if not quant:
-        return None, False
+        return _Quantized()
     method = quant.get("quant_method")
     if method == "fp8":
         if quant.get("weight_block_size"):
-            raise _refuse("quantization_config.weight_block_size", quant["weight_block_size"],
-                          "block-wise FP8 scales are not expressible (per tensor only)")
-        return "fp8", quant.get("activation_scheme") == "static"
+            return _Quantized(quant=_block_fp8(quant))
+        return _Quantized("fp8", quant.get("activation_scheme") == "static")
     if method == "compressed-tensors":
         groups = list((quant.get("config_groups") or {}).values())
         weights = [g.get("weights") or {} for g in groups]
+        if len(groups) == 1 and weights[0].get("strategy") == "block":
+            # compressed-tensors names the block grid `weight_scale` (the reference's
+            # block format, like transformers and vLLM's fp8 method, `weight_scale_inv`)
+            raise _refuse("quantization_config.config_groups", quant.get("config_groups"),
+                          "compressed-tensors' block scheme stores its grid as "
+                          "`weight_scale`; only quant_method 'fp8' with weight_block_size "
+                          "(`weight_scale_inv`) is expressible")
         if len(groups) != 1 or weights[0].get("type") != "float" \
                 or weights[0].get("num_bits") != 8 or weights[0].get("strategy") != "tensor":
             raise _refuse("quantization_config.config_groups", quant.get("config_groups"),
                           "only one float 8-bit per-tensor weight group is expressible")
-        return "compressed-tensors", groups[0].get("input_activations") is not None
+        return _Quantized("compressed-tensors", groups[0].get("input_activations") is not None)
     raise _refuse("quantization_config.quant_method", method,
-                  "only 'fp8' and 'compressed-tensors' (per-tensor FP8) are expressible")
+                  "only 'fp8' (per-tensor or block) and 'compressed-tensors' (per-tensor "
+                  "FP8) are expressible")
 
 
 def spec_from_config(config: Mapping[str, Any]) -> SpecFromConfig:
@@ -105,7 +139,7 @@ def spec_from_config(config: Mapping[str, Any]) -> SpecFromConfig:
     theta, forward_only = _rope(config)
     if config.get("use_sliding_window") or (family != "qwen2" and config.get("sliding_window")):
         forward_only += ("sliding_window",)
-    fp8_checkpoint, fp8_input_scale = _fp8(config)
+    quantized = _quantized(config)
     try:
         spec = ModelSpec(
             family=family, vocab_size=required["vocab_size"],
@@ -115,7 +149,8 @@ def spec_from_config(config: Mapping[str, Any]) -> SpecFromConfig:
             head_dim=head_dim, attention_bias=attention_bias, mlp_bias=mlp_bias,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), dtype=dtype,
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=theta,
-            fp8_checkpoint=fp8_checkpoint, fp8_input_scale=fp8_input_scale)
+            fp8_checkpoint=quantized.fp8_checkpoint,
+            fp8_input_scale=quantized.fp8_input_scale, quant=quantized.quant)
     except ValueError as exc:  # the spec's own validation, e.g. kv heads that do not divide
         raise UnsupportedConfigError(f"config.json: {exc}", subject="config.json") from None
     return SpecFromConfig(spec, forward_only)

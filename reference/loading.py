@@ -152,6 +152,8 @@ class ReferenceLoader:
                 self.check_finite(plan, model.canonical_views())
         if spec.fp8_checkpoint:
             self.requantize_serialized(model.canonical_views(), spec, plan.loaded)
+        if spec.quant is not None and self.variants["fp8_block_storage"] == "dequantized":
+            model.dequantize_block_weights()
         if options.quantize == "fp8":
             model.install_fp8(self.quantize_online(model.canonical_views(), spec, plan.loaded))
         if options.quantize == "fp8_block":

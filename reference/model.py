@@ -102,6 +102,7 @@ class TinyDecoderLM(nn.Module):
         self.fused_parts: dict[str, tuple[str, ...]] = {}  # fused param name -> canonical parts
         # [bn, bk] of block FP8 scales (`..._scale_inv`), serialized or installed online
         self.quant_block = spec.quant.block if spec.quant is not None else None
+        self.dtype_of_model = dtype  # what a dequantized weight is rounded to
 
         model = nn.Module()
         model.embed_tokens = _Weights(self._params(["model.embed_tokens.weight"], device))
@@ -293,6 +294,29 @@ class TinyDecoderLM(nn.Module):
                 self.dtypes[part] = codes.dtype
             if len(parts) > 1:
                 self.fused_parts[param_name + tail] = tuple(p + tail for p in parts)
+
+    def dequantize_block_weights(self) -> None:
+        """Variant `fp8_block_storage: dequantized`: each block-FP8 weight (fused or not)
+        becomes codes · weight_scale_inv in float32, rounded once to the model's dtype, and
+        its scale grid is dropped. Each canonical part is dequantized with its own grid, so
+        a fused parameter's parts never share a block."""
+        views = self.canonical_views()
+        for param_name, _ in list(self.named_parameters()):
+            if not param_name.endswith(".weight_scale_inv"):
+                continue
+            weight_name = param_name[: -len("_scale_inv")]
+            parts = self.fused_parts.pop(param_name, None)
+            parts = [p[: -len("_scale_inv")] for p in parts] if parts else [weight_name]
+            module = self.get_submodule(param_name.rsplit(".", 1)[0])
+            dequantized = torch.cat([dequantize_blocks(views[p], views[p + "_scale_inv"],
+                                                       self.quant_block) for p in parts])
+            module.weight = nn.Parameter(dequantized.to(self.dtype_of_model),
+                                         requires_grad=False)
+            delattr(module, "weight_scale_inv")
+            for part in parts:
+                self.dtypes[part] = self.dtype_of_model
+                self.shapes.pop(part + "_scale_inv", None)
+                self.dtypes.pop(part + "_scale_inv", None)
 
     def named_canonical_buffers(self) -> dict[str, torch.Tensor]:
         return {n: b for n, b in self.named_buffers() if n.startswith("model.")}

