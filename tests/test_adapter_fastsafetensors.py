@@ -7,8 +7,6 @@ Skipped where fastsafetensors is not installed."""
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import pytest

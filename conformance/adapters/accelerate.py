@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ast
 import logging
-import os
 import warnings
 
 import torch

@@ -3,7 +3,6 @@ multiple of block_n puts two matrices' rows into one block row of the stacked sc
 grid. vLLM refuses it (validate_fp8_block_shape); this loader declares the same fusion
 but loads on, silently. The expected outcome is the refusal, which names the fused
 matrix, the boundary row and the block row."""
-from dataclasses import replace
 
 from reference.contract import QuantSpec
 from reference.quant import format_of
