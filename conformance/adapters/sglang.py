@@ -286,7 +286,7 @@ class SglangFp8Loader(SglangLoader):
     name = "sglang-fp8"
     capabilities = SglangLoader.capabilities | {"fp8_online"}
     # Fp8Config.get_supported_act_dtypes (fp8.py:326): bfloat16 and float16; a float32
-    # model is refused ("torch.float32 is not supported for quantization method fp8").
+    # model is refused (model_loader/loader.py:269: "... is not supported for quantization").
     model_support = ModelSupport(dtypes=("bfloat16", "float16"))
     variants = {**SglangLoader.variants,
                 # process_weights_after_loading quantizes the fused qkv_proj / gate_up_proj
