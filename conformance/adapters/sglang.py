@@ -48,7 +48,7 @@ from typing import Iterator
 import torch
 
 from reference.contract import (CorruptCheckpointError, LoadOptions, LoadResult, ModelSpec,
-                                ModelSupport, ShapeMismatchError, UnsupportedDtypeError,
+                                ShapeMismatchError, UnsupportedDtypeError,
                                 UnsupportedLayoutError)
 
 from ._sglang_env import prepare_imports, single_process_groups
@@ -277,7 +277,10 @@ class SglangFp8Loader(SglangLoader):
     (`layers/quantization/fp8.py:1151-1174`; the per-channel branch needs cutlass, XPU,
     Marlin or aiter). Nothing is substituted. Serialized FP8 is not claimed: a `fp8`
     config requantizes with `sgl_per_tensor_quant_fp8` (sgl_kernel, CUDA only: NameError
-    here) and compressed-tensors asserts on CUDA (findings page).
+    here) and compressed-tensors asserts on CUDA (findings page). A float32 model with FP8
+    is refused (`Fp8Config.get_supported_act_dtypes`: bfloat16, float16; checked at
+    `model_loader/loader.py:269`), mapped to UnsupportedDtypeError: a declared entry of its
+    baseline, not a model_support limit (float32 without FP8 loads as in `sglang`).
 
     The canonical view: the processed weight is `qweight.t()`, (in, out); the state holds
     its `.t()`, rows per logical matrix, and the fused parameter's one scale as each
@@ -285,9 +288,6 @@ class SglangFp8Loader(SglangLoader):
 
     name = "sglang-fp8"
     capabilities = SglangLoader.capabilities | {"fp8_online"}
-    # Fp8Config.get_supported_act_dtypes (fp8.py:326): bfloat16 and float16; a float32
-    # model is refused (model_loader/loader.py:269: "... is not supported for quantization").
-    model_support = ModelSupport(dtypes=("bfloat16", "float16"))
     variants = {**SglangLoader.variants,
                 # process_weights_after_loading quantizes the fused qkv_proj / gate_up_proj
                 # parameter as one tensor (one input_to_float8 call, one amax)
