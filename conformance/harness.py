@@ -286,12 +286,14 @@ def _record_known(known: dict[str, list[Divergence]], prop: str, case, nodeid: s
 
 
 def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> None:
-    """--baseline-write: every divergence not seen yet in this test, as a record the baseline
-    is written from at the end of the run; nothing fails, so every example runs."""
+    """--baseline-write: every divergence not seen yet in this test and kind of case, as a
+    record the baseline is written from at the end of the run (the kinds of case a
+    divergence met narrow its entry's `case`); nothing fails, so every example runs."""
     run = current()
-    unseen = []
+    unseen, features = [], case_features(case)
     for divergence in divergences:
-        key = (nodeid, str(sorted(divergence_key(divergence.to_json()).items())))
+        key = (nodeid, str(sorted(divergence_key(divergence.to_json()).items())),
+               str(sorted(features.items())))
         if key not in run.collected:
             run.collected.add(key)
             unseen.append(divergence)
@@ -299,7 +301,7 @@ def _collect(divergences: list[Divergence], prop: str, case, nodeid: str) -> Non
         run.records.write({
             "type": "divergence", "stage": "collected", "property": prop, "test": nodeid,
             "loader": run.loader_name, "case": case.summary(), "rerun": rerun_command(),
-            "features": case_features(case), "severity": worst(d.severity for d in unseen),
+            "features": features, "severity": worst(d.severity for d in unseen),
             "signature": signature(nodeid, [d.to_json() for d in unseen]),
             "divergences": [d.to_json() for d in unseen]})
 

@@ -180,6 +180,15 @@ VARIANTS = {**VARIANTS,
     "trailing_bytes": ("refuse", "allow"),
 }
 
+# ----- SGLang's online FP8 (issue 17) -----------------------------------------------------
+VARIANTS = {**VARIANTS,
+    # Third value "inverse": the inverse scale M / amax is computed first, the codes are
+    # W * (M / amax), and the scale kept is its float32 reciprocal (SGLang's
+    # input_to_float8); neither W / s nor W * (1 / s) bit for bit. A given scale (a
+    # requantization) has no inverse to reuse: it quantizes as "reciprocal".
+    "fp8_scale_op": VARIANTS["fp8_scale_op"] + ("inverse",),
+}
+
 FAMILIES = ("llama", "qwen2", "phi3")
 FP8_CHECKPOINT_FORMATS = (None, "compressed-tensors", "fp8")
 # The linear projections of a decoder layer (what FP8 quantizes: never embeddings, norms,

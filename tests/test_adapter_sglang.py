@@ -66,3 +66,27 @@ def test_float32_checkpoint_is_loaded_in_float32_when_asked(tmp_path):
     spec = ModelSpec(family="llama")
     _, found = _both(tmp_path, spec, LoadOptions())
     assert found.result.state["model.embed_tokens.weight"].dtype == torch.float32
+
+
+def test_online_fp8_matches_the_inverse_scale_op(tmp_path):
+    """sglang-fp8 (online `quantization="fp8"`, input_to_float8): the fused q/k/v and
+    gate/up quantized as one unit, codes and scales bit-identical to the reference under
+    `fp8_scale_op=inverse`; the same load against `reciprocal` differs in the last bit of
+    some codes or scales (the variant is real), and no KV-cache scale is in the state."""
+    fp8 = adapter.fp8_loader
+    assert check_loader(fp8) == [] and fp8.name == "sglang-fp8"
+    spec = ModelSpec(family="llama", num_layers=2, dtype="bfloat16")
+    options = LoadOptions(quantize="fp8", poison=True)
+    directory = CheckpointPlan(spec, data_seed=3, fused=True).write(tmp_path / "checkpoint")
+    found = run_outcome(lambda: fp8.load(str(directory), spec, options))
+    assert found.error is None, found.describe()
+    state = found.result.state
+    assert state["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
+    assert torch.equal(state["model.layers.0.self_attn.q_proj.weight_scale"],
+                       state["model.layers.0.self_attn.v_proj.weight_scale"])
+    assert not any(k.endswith(("k_scale", "v_scale")) for k in state)
+    for scale_op, agrees in (("inverse", True), ("reciprocal", False)):
+        reference = ReferenceLoader(variants={**fp8.variants, "fp8_scale_op": scale_op})
+        expected = run_outcome(lambda: reference.load(str(directory), spec, options))
+        divergences = compare_outcomes(expected, found, name_sets=(), device="cpu")
+        assert (divergences == []) == agrees, (scale_op, divergences[:3])

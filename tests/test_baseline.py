@@ -230,6 +230,40 @@ def test_entries_from_runs_skip_what_is_known(tmp_path):
     assert entries_from_runs(runs, Baseline(tmp_path / "b.toml", "x", [entry])) == []
 
 
+def test_written_entries_carry_the_narrowest_case_of_their_examples(tmp_path):
+    """--baseline-write narrows each new match to what its recorded examples share: a
+    float64 rounding met in a bfloat16 and a float16 llama case (tp 1 and 2) is written
+    as disk_dtype=float64, dtype=*float16, family=llama; the entry knows those examples,
+    not the same divergence in a float32 case. A divergence recorded without features
+    (older records) gets no case."""
+    def features(dtype, tp_size, disk_dtype="float64"):
+        return {"disk_dtype": disk_dtype, "dtype": dtype, "family": "llama",
+                "tp_size": tp_size, "fp8_checkpoint": "none", "quantize": "none"}
+    rounding = dict(_div("tensor", "model.norm.weight"), finding="rounding")
+    crash = _div("error", "load", expected_family="ok", found_family="crash")
+    record = {"schema": 2, "type": "divergence", "stage": "final", "test": f"conformance/{CASTS}"}
+    lines = [{"schema": 2, "type": "run", "run_id": "r", "loader": "x", "loader_version": "1",
+              "device": "cpu", "torch": "2.13.0"},
+             dict(record, divergences=[rounding], features=features("bfloat16", "1")),
+             dict(record, divergences=[rounding], features=features("float16", "2")),
+             dict(record, divergences=[crash])]
+    (tmp_path / "records-r-main.jsonl").write_text("\n".join(json.dumps(l) for l in lines))
+    (entry,) = entries_from_runs(read_runs([tmp_path]), Baseline(tmp_path / "b.toml", "x"))
+    by_kind = {m.kind: m for m in entry.matches}
+    assert dict(by_kind["tensor"].case) == {"disk_dtype": "float64", "dtype": "*float16",
+                                            "family": "llama", "fp8_checkpoint": "none",
+                                            "quantize": "none"}
+    assert by_kind["error"].case is None
+    path = tmp_path / "b.toml"
+    path.write_text(dumps(Baseline(path, "x", [entry])))
+    written = load_baseline(path)
+    assert written.entries == [entry]
+    for dtype, tp_size in (("bfloat16", "1"), ("float16", "2"), ("float16", "4")):
+        assert written.split(f"conformance/{CASTS}", [rounding], features(dtype, tp_size))[1] == []
+    float32 = features("bfloat16", "1", disk_dtype="float32")
+    assert written.split(f"conformance/{CASTS}", [rounding], float32)[1] == [rounding]
+
+
 def test_nightly_failure_replays_first_under_repro(tmp_path):
     """A failure found by a nightly run lands in the example database, and the repro
     profile (no generate phase) finds it there; an empty database replays nothing."""

@@ -14,7 +14,7 @@ from conformance.fp8_compare import (codes_within_one_step, scaled_mm_divergence
 from generators.checkpoints import CheckpointPlan
 from reference.contract import LoadOptions, ModelSpec, NonFiniteInputError, UnsupportedLayoutError
 from reference.fp8 import (AMAX_EPS, FP8, FP8_MAX, M512_FLOOR, Fp8Rules, dequantize,
-                           export_fp8_checkpoint, online_scale, quantize_groups,
+                           export_fp8_checkpoint, online_inverse, online_scale, quantize_groups,
                            quantize_with_scale, requantize_to_max)
 from reference.loading import ReferenceLoader
 from reference.names import layout_keys
@@ -52,6 +52,34 @@ def test_divide_and_reciprocal_are_different_variants():
     divide = quantize_with_scale(weights, scale, Fp8Rules(scale_op="divide"))
     reciprocal = quantize_with_scale(weights, scale, Fp8Rules(scale_op="reciprocal"))
     assert not torch.equal(bits(divide), bits(reciprocal))
+
+
+def test_inverse_scale_op_multiplies_by_m_over_amax():
+    """`inverse` (SGLang's input_to_float8): codes W * (M / amax), scale (M / amax)^-1,
+    written out here from its definition; with an amax where 1 / (M / amax) differs from
+    amax / M and its reciprocal from M / amax (last bits), the scale differs from the
+    other ops' and the codes from `reciprocal`'s at that scale somewhere. A zero unit gets amax 1e-12, codes 0."""
+    rules = Fp8Rules(scale_op="inverse", floor="eps")
+    amaxes = torch.linspace(0.5, 3.0, 4001)
+    inverse_scales = (FP8_MAX / amaxes).reciprocal()
+    differs = (inverse_scales != amaxes / FP8_MAX) & (inverse_scales.reciprocal() != FP8_MAX / amaxes)
+    amax = amaxes[differs.nonzero()[0, 0]]
+    grid = ALL_FINITE_CODES.float().unique()
+    weights = torch.cat([((grid[1:] + grid[:-1]) / 2) * (amax / FP8_MAX), amax.reshape(1)])
+    weights = torch.cat([weights + k * torch.finfo(torch.float32).eps * weights.abs()
+                         for k in range(-3, 4)]).clamp(-amax, amax)
+    scale = online_scale(weights, rules)
+    assert bits(scale) == bits((FP8_MAX / amax).reciprocal())
+    assert bits(scale) != bits(online_scale(weights, Fp8Rules(floor="eps")))
+    expected = (weights * (FP8_MAX / amax)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    codes = quantize_with_scale(weights, scale, rules, online_inverse(weights, rules))
+    assert torch.equal(bits(codes), bits(expected))
+    assert not torch.equal(bits(codes), bits(quantize_with_scale(
+        weights, scale, Fp8Rules(scale_op="reciprocal"))))
+    zeros = torch.zeros(3, 3)
+    assert float(online_scale(zeros, rules)) == pytest.approx(AMAX_EPS / FP8_MAX, rel=1e-6)
+    assert (quantize_with_scale(zeros, online_scale(zeros, rules), rules,
+                                online_inverse(zeros, rules)).float() == 0).all()
 
 
 @pytest.mark.parametrize("floor, scale", [("m512", M512_FLOOR), ("eps", AMAX_EPS / FP8_MAX),

@@ -54,7 +54,7 @@ from reference.contract import (CorruptCheckpointError, LoadOptions, LoadResult,
 from ._sglang_env import prepare_imports, single_process_groups
 from .vllm import _poison_
 
-__all__ = ["SglangLoader", "loader", "make_loader"]
+__all__ = ["SglangLoader", "SglangFp8Loader", "loader", "fp8_loader", "make_loader"]
 
 _LOCK = threading.RLock()
 _READY = False
@@ -62,6 +62,10 @@ _FUSED = {"self_attn.qkv_proj": (("self_attn.q_proj", "q"), ("self_attn.k_proj",
                                  ("self_attn.v_proj", "v")),
           "mlp.gate_up_proj": (("mlp.gate_proj", 0), ("mlp.up_proj", 1))}
 _VOCAB = ("model.embed_tokens", "lm_head")
+# The attention's KV-cache scales a quantization config adds (quantization/kv_cache.py
+# BaseKVCacheMethod: k_scale = v_scale = -1.0, "not loaded" sentinels): not part of the
+# contract's model; left out of the state and never poisoned.
+_KV_SCALES = (".attn.k_scale", ".attn.v_scale")
 
 
 def _setup() -> None:
@@ -151,17 +155,34 @@ def _fused_rows(module: torch.nn.Module, fused: str) -> list[tuple[str, int, int
     return out
 
 
+def _rows_first(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """An FP8 weight as (out, in) rows: Fp8LinearMethod keeps the processed codes as
+    `qweight.t()`, (in, out) (fp8.py process_weights_after_loading)."""
+    if tensor.dtype != torch.float8_e4m3fn or tensor.dim() != 2:
+        return tensor
+    k = getattr(module, "input_size_per_partition", None)
+    n = getattr(module, "output_size_per_partition", None)
+    if tensor.shape == (k, n) and (k != n or (tensor.stride(0) == 1 and n > 1)):
+        return tensor.t()
+    return tensor
+
+
 def _canonical_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
+        if name.endswith(_KV_SCALES):
+            continue
         module_name, _, leaf = name.rpartition(".")
         fused = next((f for f in _FUSED if module_name.endswith("." + f)), None)
-        tensor = param.data
+        tensor = _rows_first(modules[module_name], param.data) if module_name else param.data
+        if leaf in ("weight_scale", "input_scale") and tensor.numel() == 1:
+            tensor = tensor.reshape(())  # one per-tensor scale: every logical matrix's
         if fused is not None:
             prefix = module_name[: -len(fused)]
             for logical, start, stop in _fused_rows(modules[module_name], fused):
-                state[f"{prefix}{logical}.{leaf}"] = tensor[start:stop]
+                state[f"{prefix}{logical}.{leaf}"] = tensor[start:stop] if tensor.dim() \
+                    else tensor
         elif module_name in _VOCAB and leaf == "weight":
             indices = modules[module_name].shard_indices
             state[name] = tensor[: indices.org_vocab_end_index - indices.org_vocab_start_index]
@@ -208,7 +229,8 @@ class SglangLoader:
         with _simulated_rank(options.tp_size, options.tp_rank):
             # the config's dtype, as the vLLM adapter passes it: SGLang's "auto" loads a
             # float32 checkpoint in float16 (finding S1)
-            model_config = ModelConfig(checkpoint, dtype=options.dtype or spec.dtype)
+            model_config = ModelConfig(checkpoint, dtype=options.dtype or spec.dtype,
+                                       quantization=options.quantize)
             sglang_loader = get_model_loader(LoadConfig(load_format="safetensors"),
                                              model_config)
             if options.poison:
@@ -234,8 +256,8 @@ class SglangLoader:
         def poisoned(*args, **kwargs):
             model = initialize(*args, **kwargs)
             with torch.no_grad():
-                for param in model.parameters():
-                    if param.device.type != "meta":
+                for name, param in model.named_parameters():
+                    if param.device.type != "meta" and not name.endswith(_KV_SCALES):
                         _poison_(param.data)
             return model
 
@@ -248,7 +270,38 @@ class SglangLoader:
         sglang_loader.load_model = load_model_poisoned
 
 
+class SglangFp8Loader(SglangLoader):
+    """SGLang's own online FP8 (`LoadOptions(quantize="fp8")` is `ModelConfig(...,
+    quantization="fp8")`): `Fp8LinearMethod.process_weights_after_loading` quantizes each
+    linear's weight after loading, on CPU per tensor with `input_to_float8`
+    (`layers/quantization/fp8.py:1151-1174`; the per-channel branch needs cutlass, XPU,
+    Marlin or aiter). Nothing is substituted. Serialized FP8 is not claimed: a `fp8`
+    config requantizes with `sgl_per_tensor_quant_fp8` (sgl_kernel, CUDA only: NameError
+    here) and compressed-tensors asserts on CUDA (findings page). A float32 model with FP8
+    is refused (`Fp8Config.get_supported_act_dtypes`: bfloat16, float16; checked at
+    `model_loader/loader.py:269`), mapped to UnsupportedDtypeError: a declared entry of its
+    baseline, not a model_support limit (float32 without FP8 loads as in `sglang`).
+
+    The canonical view: the processed weight is `qweight.t()`, (in, out); the state holds
+    its `.t()`, rows per logical matrix, and the fused parameter's one scale as each
+    logical matrix's `weight_scale`."""
+
+    name = "sglang-fp8"
+    capabilities = SglangLoader.capabilities | {"fp8_online"}
+    variants = {**SglangLoader.variants,
+                # process_weights_after_loading quantizes the fused qkv_proj / gate_up_proj
+                # parameter as one tensor (one input_to_float8 call, one amax)
+                "fp8_unit": "fused",
+                # fp8_utils.py input_to_float8: scale = fp_max / amax; codes =
+                # (x.float() * scale).clamp(...); returns scale.float().reciprocal()
+                "fp8_scale_op": "inverse",
+                # amax = max(|min|, |max|).float().clamp(min=1e-12)
+                "fp8_scale_floor": "eps",
+                "fp8_scale_dtype": "float32"}
+
+
 loader = SglangLoader()
+fp8_loader = SglangFp8Loader()
 
 
 def make_loader() -> SglangLoader:

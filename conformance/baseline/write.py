@@ -1,16 +1,17 @@
 """Baselines from a run's records, and the findings tables generated from baselines.
 
 `entries_from_runs` turns every failure a run recorded into an entry (one per test, one
-match per distinct divergence: kind, subject as a pattern, error families), skipping what
-an existing baseline already knows, so `write --merge` grows a baseline without touching
-the entries a maintainer has reviewed."""
+match per distinct divergence: kind, subject as a pattern, error families, and the
+narrowest `case` the recorded examples share), skipping what an existing baseline already
+knows, so `write --merge` grows a baseline without touching the entries a maintainer has
+reviewed."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from . import Baseline, Entry, Match, divergence_key, short_test
+from . import CASE_FEATURES, Baseline, Entry, Match, divergence_key, short_test
 
 __all__ = ["entries_from_runs", "extend_from_run", "dumps", "findings_table", "update_findings",
            "BLOCK_BEGIN", "BLOCK_END"]
@@ -39,15 +40,44 @@ def _common_pattern(subjects: list[str]) -> str:
     return (prefix + "*" + suffix).replace("**", "*")
 
 
-def _collapse(keys: list[dict[str, str]]) -> list[dict[str, str]]:
+def _narrowest_case(examples: list[Mapping[str, str] | None]) -> tuple[tuple[str, str], ...] | None:
+    """The narrowest `case` match that every recorded example's case_features satisfy: a
+    feature they share pinned ('float64'), one they differ in as the common pattern of its
+    values ('bfloat16', 'float16' -> '*float16'), left out where that pattern is '*' or an
+    example lacks the feature. None when an example's features were not recorded (older
+    records): nothing is then known about the case. The narrowing is only what this run
+    drew; a reviewer widens a feature that is incidental to the bug."""
+    if not examples or any(features is None for features in examples):
+        return None
+    case = {}
+    for name in CASE_FEATURES:
+        values = [features.get(name) for features in examples]
+        if all(value is not None for value in values):
+            wanted = _common_pattern([str(value) for value in values])
+            if wanted != "*":
+                case[name] = wanted
+    return tuple(sorted(case.items())) or None
+
+
+def _collapse(keys: list[dict[str, str]], examples: dict[tuple, list[Any]]
+              ) -> list[dict[str, Any]]:
     """Matches that differ only in their subject become one (the same bug met in several
-    tensors of one example)."""
-    groups: dict[tuple, list[str]] = {}
+    tensors of one example), narrowed to the case of the examples they were recorded in
+    (`examples`: key items -> the case_features of each record holding that key)."""
+    groups: dict[tuple, tuple[list[str], list[Any]]] = {}
     for key in keys:
         rest = tuple(sorted((k, v) for k, v in key.items() if k != "subject"))
-        groups.setdefault(rest, []).append(key["subject"])
-    return [{**dict(rest), "subject": _common_pattern(subjects)}
-            for rest, subjects in groups.items()]
+        subjects, seen_in = groups.setdefault(rest, ([], []))
+        subjects.append(key["subject"])
+        seen_in += examples[tuple(sorted(key.items()))]
+    out = []
+    for rest, (subjects, seen_in) in groups.items():
+        match: dict[str, Any] = {**dict(rest), "subject": _common_pattern(subjects)}
+        case = _narrowest_case(seen_in)
+        if case:
+            match["case"] = case
+        out.append(match)
+    return out
 
 
 def _headline(divergence: dict[str, Any]) -> str:
@@ -76,8 +106,10 @@ def entries_from_runs(runs: Iterable[Any], baseline: Baseline, prefix: str | Non
                       ) -> list[Entry]:
     """New entries for every recorded divergence of `runs` (reports.records.Run objects)
     that no entry of `baseline` knows. One entry per test; its matches are the distinct
-    divergence keys; its summary the first divergence's headline."""
-    new: dict[str, tuple[list[dict[str, str]], str, set[str]]] = {}
+    divergence keys, each narrowed to the case of the examples it was recorded in; its
+    summary the first divergence's headline."""
+    # test -> (its distinct keys, summary, versions seen, key items -> each example's features)
+    new: dict[str, tuple[list[dict[str, str]], str, set[str], dict[tuple, list[Any]]]] = {}
     runs = list(runs)
     loader = baseline.loader or (runs[0].loader if runs else "")
     prefix = prefix or _prefix(baseline, loader)
@@ -88,17 +120,19 @@ def entries_from_runs(runs: Iterable[Any], baseline: Baseline, prefix: str | Non
             items = baseline.split(test, items, record.get("features"))[1]
             if not items:
                 continue
-            keys, summary, seen = new.setdefault(short_test(test), ([], _headline(items[0]), set()))
+            keys, _, seen, examples = new.setdefault(
+                short_test(test), ([], _headline(items[0]), set(), {}))
             seen.add(_seen(run.meta))
             for item in items:
                 key = divergence_key(item)
                 if key not in keys:
                     keys.append(key)
+                examples.setdefault(tuple(sorted(key.items())), []).append(record.get("features"))
     taken = {e.id for e in baseline.entries}
     return [Entry(id=_next_id(prefix, taken), test=test,
-                  matches=tuple(Match(**k) for k in _collapse(keys)), summary=summary,
+                  matches=tuple(Match(**k) for k in _collapse(keys, examples)), summary=summary,
                   seen=tuple(sorted(seen)))
-            for test, (keys, summary, seen) in sorted(new.items())]
+            for test, (keys, summary, seen, examples) in sorted(new.items())]
 
 
 def extend_from_run(baseline: Baseline, records) -> str:

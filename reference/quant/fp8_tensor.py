@@ -13,6 +13,8 @@ Where real loaders legitimately differ, :class:`Fp8Rules` carries the declared v
   module of the family's native HF layout (transformers, torchao: separate q/k/v for
   llama and qwen2, fused qkv_proj for phi3), or each output row;
 - `W / s` or `W * (1 / s)` (`fp8_scale_op`): they differ in the last bit of some codes;
+  or `W * (M / amax)` with `s = 1 / (M / amax)` (`inverse`, SGLang's online path), which
+  differs from both in the last bit of some codes and of the scale;
 - the floor of `s` (`fp8_scale_floor`): `1 / (M * 512)` (vLLM's native path), `amax >=
   1e-12` (torchao.float8's training path), or none (vLLM's CUDA kernel, torchao's
   `quantize_`: an all-zero tensor gets `s = 0` and NaN codes, which P12 reports);
@@ -40,7 +42,7 @@ from ..checkpoint import write_checkpoint
 from ..names import FUSED_PROJECTIONS, to_checkpoint_tensors
 
 __all__ = ["FP8", "FP8_MAX", "M512_FLOOR", "AMAX_EPS", "Fp8Rules", "online_scale",
-           "quantize_with_scale", "dequantize", "quantize_groups", "requantize_to_max",
+           "online_inverse", "quantize_with_scale", "dequantize", "quantize_groups", "requantize_to_max",
            "scale_name", "input_scale_name", "check_finite_weight", "code_step",
            "quantization_groups", "export_fp8_checkpoint", "TENSOR_FP8"]
 
@@ -107,29 +109,53 @@ def check_finite_weight(name: str, weight: torch.Tensor) -> None:
                                   subject=name)
 
 
-def online_scale(weight: torch.Tensor, rules: Fp8Rules) -> torch.Tensor:
-    """The dynamic scale of one quantization unit: float32, shape () (per tensor) or
-    (rows,) (per row), with the declared floor."""
+def _online_amax(weight: torch.Tensor, rules: Fp8Rules) -> torch.Tensor:
     magnitude = weight.detach().abs()
     if rules.scale_dtype == "float32":
         magnitude = magnitude.float()
     amax = magnitude.amax(dim=-1) if rules.unit == "row" else magnitude.amax()
-    if rules.floor == "eps":
-        amax = amax.clamp(min=AMAX_EPS)
-    scale = (amax / FP8_MAX).float()
+    return amax.clamp(min=AMAX_EPS) if rules.floor == "eps" else amax
+
+
+def _inverse_scale(amax: torch.Tensor) -> torch.Tensor:
+    """`inverse`: M / amax in float32, what the codes are multiplied by."""
+    return FP8_MAX / amax.float()
+
+
+def online_scale(weight: torch.Tensor, rules: Fp8Rules) -> torch.Tensor:
+    """The dynamic scale of one quantization unit: float32, shape () (per tensor) or
+    (rows,) (per row), with the declared floor."""
+    amax = _online_amax(weight, rules)
+    if rules.scale_op == "inverse":
+        scale = _inverse_scale(amax).reciprocal()
+    else:
+        scale = (amax / FP8_MAX).float()
     if rules.floor == "m512":
         scale = scale.clamp(min=M512_FLOOR)
     return scale
 
 
-def quantize_with_scale(values: torch.Tensor, scale: torch.Tensor, rules: Fp8Rules
-                        ) -> torch.Tensor:
+def quantize_with_scale(values: torch.Tensor, scale: torch.Tensor, rules: Fp8Rules,
+                        inverse: torch.Tensor | None = None) -> torch.Tensor:
     """FP8 codes of `values` at `scale` (a () scale, or a (rows,) one broadcast per row):
-    float32 arithmetic, clamp to +-M (saturating), then round to nearest even."""
+    float32 arithmetic, clamp to +-M (saturating), then round to nearest even. `inverse`
+    (the `inverse` scale op's M / amax) is multiplied by instead of the scale's reciprocal."""
     x = values.detach().float()
     s = scale.float().reshape(-1, 1) if scale.dim() else scale.float()
-    scaled = x / s if rules.scale_op == "divide" else x * s.reciprocal()
+    if inverse is not None:
+        scaled = x * (inverse.float().reshape(-1, 1) if inverse.dim() else inverse.float())
+    else:
+        scaled = x / s if rules.scale_op == "divide" else x * s.reciprocal()
     return scaled.clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def online_inverse(weight: torch.Tensor, rules: Fp8Rules) -> torch.Tensor | None:
+    """What online codes of this unit are multiplied by under the `inverse` scale op (M /
+    amax); None under the others, and under the m512 floor (which bounds the scale, so the
+    codes use the bounded scale's reciprocal)."""
+    if rules.scale_op != "inverse" or rules.floor == "m512":
+        return None
+    return _inverse_scale(_online_amax(weight, rules))
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32
@@ -175,12 +201,13 @@ def quantize_groups(weights: Mapping[str, torch.Tensor], spec: ModelSpec, rules:
             check_finite_weight(name, weights[name])
         if rules.unit == "row":
             (name,) = group
-            scale = online_scale(weights[name], rules)
-            out[name] = (quantize_with_scale(weights[name], scale, rules), scale)
+            scale, inverse = online_scale(weights[name], rules), online_inverse(weights[name], rules)
+            out[name] = (quantize_with_scale(weights[name], scale, rules, inverse), scale)
             continue
-        scale = online_scale(torch.cat([weights[n].reshape(-1) for n in group]), rules)
+        flat = torch.cat([weights[n].reshape(-1) for n in group])
+        scale, inverse = online_scale(flat, rules), online_inverse(flat, rules)
         for name in group:
-            out[name] = (quantize_with_scale(weights[name], scale, rules), scale.clone())
+            out[name] = (quantize_with_scale(weights[name], scale, rules, inverse), scale.clone())
     return out
 
 
