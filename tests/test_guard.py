@@ -75,3 +75,22 @@ def test_a_new_file_is_tolerated_and_a_removed_one_is_not(tmp_path):
     (tmp_path / "a.safetensors").unlink()
     (divergence,) = fingerprint.divergences()
     assert divergence.severity == "critical" and "a.safetensors was removed" in divergence.message
+
+
+def test_a_rebound_method_of_the_reference_is_reported_and_put_back():
+    """`ReferenceLoader.map_key = ...` (tests.misbehaving:patches_map_key) changes a class, not
+    a module: in one process the reference would then share the candidate's bug."""
+    from conformance.guard import JudgeSnapshot
+    from reference.loading import ReferenceLoader
+    original = ReferenceLoader.map_key
+    judge = JudgeSnapshot()
+    try:
+        ReferenceLoader.map_key = lambda self, table, key: None
+        assert judge.restore() == ["reference.loading.ReferenceLoader.map_key"]
+        assert ReferenceLoader.map_key is original
+        ReferenceLoader.map_key.__code__ = (lambda self, table, key: None).__code__
+        assert judge.restore() == ["reference.loading.ReferenceLoader.map_key.__code__"]
+        assert ReferenceLoader.map_key is original
+        assert judge.restore() == []
+    finally:
+        ReferenceLoader.map_key = original
