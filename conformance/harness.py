@@ -31,7 +31,7 @@ from .failures import failure_message, failure_type, ordered_by_cause, repro_slu
 from .quant_compare import refine_quantized
 from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
-from .survival import HungTestStopped, call_with_timeout, checked_result
+from .survival import HangBudget, HungTestStopped, call_with_timeout, checked_result
 from .verify import unreported_sharing
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
@@ -184,7 +184,8 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
     child, which enforces the timeout by killing itself). After a first hang in a test,
     the test stops (HungTestStopped): its hang record is written, and no shrinking replay
     costs a timeout again, so a run ends in bounded time (tests x timeout); after
-    --max-hung-tests hung tests, every later test that calls the candidate stops too.
+    --max-hung-tests hung tests (in any of the run's processes), every later test that calls
+    the candidate stops too.
     What the call did to the process (guard.py) goes with the outcome when `compared` (its
     comparison reports it), else into the test's next fail_on (reload, quantize, offload...)."""
     run, nodeid = current(), _nodeid()
@@ -193,12 +194,15 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
                               f"answer within {run.timeout:g} s, the --candidate-timeout in "
                               f"force); its remaining examples were not run, the example that "
                               f"hung is in the run's records\n  re-run: {rerun_command()}")
-    if run.max_hung_tests and len(run.hung_tests) >= run.max_hung_tests:
+    budget = hang_budget(run)
+    if budget.exhausted():
+        hung = budget.hung()
         raise HungTestStopped(f"loadcheck: [hang] not tested: {run.loader_name} already hung "
-                              f"in {len(run.hung_tests)} tests of this process, the "
-                              f"--max-hung-tests budget ({run.max_hung_tests}); tests that call "
-                              f"it stop here so the run ends in bounded time; their hang "
-                              f"records name the tests that hung")
+                              f"in {len(hung)} tests of this run ({', '.join(hung[:3])}"
+                              f"{', ...' if len(hung) > 3 else ''}), the --max-hung-tests "
+                              f"budget ({run.max_hung_tests}); tests that call it stop here so "
+                              f"the run ends in bounded time; their hang records name the "
+                              f"tests that hung")
     timeout = run.timeout
     if run.judge is None:
         run.judge = JudgeSnapshot()
@@ -214,7 +218,15 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
         run.unreported_effects.setdefault(nodeid, []).extend(side_effects)
     if outcome.family == "hang":
         run.hung_tests.add(nodeid)
+        budget.add(nodeid)
     return outcome
+
+
+def hang_budget(run) -> HangBudget:
+    """The run's --max-hung-tests budget, shared by its xdist workers through a file beside
+    its records (the controller removes it at the end)."""
+    return HangBudget(run.records.directory / f"hung-tests-{run.records.run_id}.txt",
+                      run.max_hung_tests)
 
 
 def load_both(case, directory: Path, options: LoadOptions | None = None,

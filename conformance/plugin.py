@@ -40,10 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="seconds a candidate call may take before it counts as a hang "
                          "(default 60)")
     group.addoption("--max-hung-tests", type=int, default=5, metavar="N",
-                    help="after the candidate hung in N tests (per xdist worker), every later "
-                         "test that calls it fails at once as not tested, so an always-hanging "
-                         "candidate costs N timeouts per worker, not one per test (default 5; "
-                         "0: no limit)")
+                    help="after the candidate hung in N tests (counted over the whole run, all "
+                         "xdist workers), every later test that calls it fails at once as not "
+                         "tested, so an always-hanging candidate costs about N timeouts, not "
+                         "one per test (default 5; 0: no limit)")
     group.addoption("--baseline", default=None, metavar="FILE",
                     help="known divergences (TOML): matched ones are reported as known, not "
                          "failed; a built-in adapter's name picks its shipped baseline")
@@ -329,6 +329,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if run.baseline_strict and verdict.fixed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     from conformance.completeness import unreported
+    from conformance.harness import hang_budget
+    hang_budget(run).path.unlink(missing_ok=True)  # it lived for the run only
     missing = unreported(session.config, run.outcomes)
     run.records.write({"type": "end", "exitstatus": int(session.exitstatus),
                        "tests": len(run.outcomes), "unreported": missing})

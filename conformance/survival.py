@@ -28,7 +28,7 @@ from reference.checkpoint import Checkpoint, open_regular, read_header, write_sa
 from reference.contract import ERROR_FAMILIES, LoadError, LoadOptions, LoadResult, ModelSpec
 
 __all__ = ["CandidateHung", "CandidateCrashed", "CandidateContractError", "HungTestStopped",
-           "call_with_timeout",
+           "HangBudget", "call_with_timeout",
            "checked_result", "aborted_message",
            "IsolatedLoader"]
 
@@ -40,6 +40,34 @@ class CandidateHung(Exception):
 class HungTestStopped(BaseException):
     """Stops a test after its candidate hung once. A BaseException, so Hypothesis does not
     take it for a failure to shrink (each replay would cost a timeout) and lets it out."""
+
+
+class HangBudget:
+    """The tests in which the candidate hung, counted over the whole run: every xdist worker
+    appends to one file (under a lock), so `--max-hung-tests N` costs N timeouts per run, not
+    per worker. `limit` 0: no budget."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path, self.limit = Path(path), limit
+
+    def add(self, test: str) -> None:
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(test.replace("\n", " ") + "\n")
+
+    def hung(self) -> list[str]:
+        import fcntl
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                return sorted(set(f.read().splitlines()))
+        except FileNotFoundError:
+            return []
+
+    def exhausted(self) -> bool:
+        return bool(self.limit) and len(self.hung()) >= self.limit
 
 
 class CandidateCrashed(Exception):

@@ -115,3 +115,33 @@ def test_after_max_hung_tests_the_rest_stop_at_once(tmp_path):
     hangs = [r for r in result.divergences if r["severity"] == "hang" and r.get("type") != "crash"]
     assert len(hangs) == 1, [(r["type"], r["severity"]) for r in result.divergences]
     assert run.output.count("--max-hung-tests budget (1)") >= 2, run.output[-3000:]
+
+
+def test_the_hang_budget_is_shared_by_the_runs_workers(tmp_path, monkeypatch):
+    """Two xdist workers of one run share one budget: once one of them used it up, a test
+    the other runs stops before calling the candidate (it cost one timeout per worker)."""
+    from conformance.harness import candidate_call, hang_budget
+    from conformance.records import RecordWriter
+    from conformance import session
+    from conformance.session import RunConfig, configure
+    from conformance.survival import HungTestStopped
+    from reference.loading import ReferenceLoader
+    previous = session._current
+
+    def worker(name: str) -> RunConfig:
+        return RunConfig(loader_name="reference", candidate=ReferenceLoader(), device="cpu",
+                         profile="pr", seed=None, max_hung_tests=1, timeout=0.2,
+                         records=RecordWriter(tmp_path, name, "run-1"))
+    first, second = worker("gw0"), worker("gw1")
+    try:
+        configure(first)
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "conformance/test_a.py::test_one (call)")
+        assert candidate_call(lambda: __import__("time").sleep(5)).family == "hang"
+        configure(second)
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "conformance/test_b.py::test_two (call)")
+        with pytest.raises(HungTestStopped, match=r"already hung in 1 tests of this run "
+                                                  r"\(conformance/test_a.py::test_one\)"):
+            candidate_call(lambda: None)
+        assert hang_budget(second).hung() == ["conformance/test_a.py::test_one"]
+    finally:
+        configure(previous)
