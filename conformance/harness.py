@@ -35,6 +35,7 @@ from .survival import HangBudget, HungTestStopped, call_with_timeout, checked_re
 from .verify import unreported_sharing
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
+           "report_leftover_effects", "drop_leftover_effects",
            "provenance", "name_sets", "rerun_command", "count_example", "seed_for", "seeded",
            "seed_machine"]
 
@@ -170,6 +171,30 @@ def seed_machine(machine: type) -> type:
 def count_example() -> None:
     run, nodeid = current(), _nodeid()
     run.examples[nodeid] = run.examples.get(nodeid, 0) + 1
+    run.example_case.pop(nodeid, None)
+
+
+def report_leftover_effects() -> None:
+    """At an example's end (or a test's): what its candidate calls did to the process that
+    no fail_on reported yet (an early return, a comparison the property skipped) fails this
+    example, so it is recorded against the case that caused it, not a later one (or lost)."""
+    __tracebackhide__ = True
+    run, nodeid = current(), _nodeid()
+    effects = run.unreported_effects.get(nodeid)
+    if not effects:
+        return
+    case = run.example_case.get(nodeid)
+    prop = run.property_name.get(nodeid) or nodeid.split("::")[-1].split("[")[0]
+    if case is None:  # no load of this example to name: a plain failure, recorded as a crash
+        run.unreported_effects.pop(nodeid)
+        raise AssertionError(f"loadcheck: {run.loader_name}'s calls in this test changed the "
+                             f"process: " + "; ".join(d.message for d in effects[:5]))
+    fail_on([], prop, case, title="what the example's candidate calls did to the process")
+
+
+def drop_leftover_effects() -> None:
+    """An example that failed otherwise: Hypothesis replays it, and the replay meets them again."""
+    current().unreported_effects.pop(_nodeid(), None)
 
 
 @contextmanager
@@ -187,7 +212,8 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
     --max-hung-tests hung tests (in any of the run's processes), every later test that calls
     the candidate stops too.
     What the call did to the process (guard.py) goes with the outcome when `compared` (its
-    comparison reports it), else into the test's next fail_on (reload, quantize, offload...)."""
+    comparison reports it), and always into the test's next fail_on (once: a fail_on leaves
+    out what its divergences already hold), else the example's end reports it."""
     run, nodeid = current(), _nodeid()
     if nodeid in run.hung_tests:
         raise HungTestStopped(f"loadcheck: [hang] {run.loader_name} hung in this test (no "
@@ -214,8 +240,7 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
             outcome = run_outcome(lambda: checked_result(call_with_timeout(fn, timeout)))
     if compared:
         outcome.side_effects += side_effects
-    else:
-        run.unreported_effects.setdefault(nodeid, []).extend(side_effects)
+    run.unreported_effects.setdefault(nodeid, []).extend(side_effects)
     if outcome.family == "hang":
         run.hung_tests.add(nodeid)
         budget.add(nodeid)
@@ -235,9 +260,12 @@ def load_both(case, directory: Path, options: LoadOptions | None = None,
     spec = spec or case.plan.spec
     expected = run_outcome(lambda: run.reference.load(str(directory), spec, options))
     fingerprint = CheckpointFingerprint(directory)
+    run.example_case[_nodeid()] = case
     found = candidate_call(lambda: run.candidate.load(str(directory), spec, options),
                            compared=True)
-    found.side_effects += fingerprint.divergences()
+    written_into = fingerprint.divergences()
+    found.side_effects += written_into
+    run.unreported_effects.setdefault(_nodeid(), []).extend(written_into)
     return expected, found
 
 
@@ -324,8 +352,12 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     return after divergences: a caller that cannot go on after one returns itself."""
     __tracebackhide__ = True
     run, nodeid = current(), _nodeid()
-    # what the test's other candidate calls did to the process (guard.py), reported once
-    divergences = run.unreported_effects.pop(nodeid, []) + list(divergences)
+    run.example_case[nodeid], run.property_name[nodeid] = case, prop
+    # what the test's candidate calls did to the process (guard.py), reported once: those an
+    # outcome comparison already put among `divergences` are not added again
+    divergences = list(divergences)
+    divergences = [d for d in run.unreported_effects.pop(nodeid, [])
+                   if not any(d is given for given in divergences)] + divergences
     if not divergences:
         return
     known: dict[str, list[Divergence]] = {}

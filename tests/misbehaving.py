@@ -239,6 +239,26 @@ class _DtypeOnReload(ReferenceLoader):
         return super().reload(*args, **kwargs)
 
 
+class _DtypeOnSecondReload(ReferenceLoader):
+    """Reloading a model it already reloaded leaves torch's default dtype at float64 and then
+    raises: test_reload's last call of an example, after which no comparison runs (the
+    property does not judge a second reload that raised)."""
+
+    name = "sets_default_dtype_on_second_reload"
+
+    def __init__(self):
+        super().__init__()
+        self._reloaded: list = []  # the results its reload returned (kept: ids stay unique)
+
+    def reload(self, result, *args, **kwargs):
+        if any(result is mine for mine in self._reloaded):
+            torch.set_default_dtype(torch.float64)
+            raise RuntimeError("a second reload is not supported")
+        out = super().reload(result, *args, **kwargs)
+        self._reloaded.append(out)
+        return out
+
+
 segfaults = _Misbehaving("segfaults", _segfault)
 kills_itself = _Misbehaving("kills_itself", _kill_itself)
 raises_base_exception = _Misbehaving("raises_base_exception", _raise(CandidateAbort))
@@ -263,3 +283,4 @@ allocates = _Misbehaving("allocates", _allocate)
 closes_stdout = _Misbehaving("closes_stdout", _close_stdout)
 reads_every_file = _ReadsEveryFile()
 sets_default_dtype_on_reload = _DtypeOnReload()
+sets_default_dtype_on_second_reload = _DtypeOnSecondReload()

@@ -145,3 +145,24 @@ def test_the_hang_budget_is_shared_by_the_runs_workers(tmp_path, monkeypatch):
         assert hang_budget(second).hung() == ["conformance/test_a.py::test_one"]
     finally:
         configure(previous)
+
+
+def test_the_isolated_servers_start_up_is_not_a_calls_timeout(tmp_path, monkeypatch):
+    """Start-up (interpreter, torch, the candidate's import, a warm-up load) took a minute
+    and more on a loaded runner, and every first call of a worker's server was a false hang.
+    Here the import alone outlasts the call's timeout and its grace."""
+    from conformance import survival
+    from generators.checkpoints import CheckpointPlan
+    from reference.contract import LoadOptions, ModelSpec
+    from reference.loading import ReferenceLoader
+    monkeypatch.setattr(survival, "_GRACE", 0.5)
+    spec = ModelSpec(family="llama")
+    directory = CheckpointPlan(spec, shards=1, disk_dtype="float32").write(tmp_path / "ckpt")
+    import tests.slow_to_start as slow
+    isolated = survival.IsolatedLoader("tests.slow_to_start:loader", slow.loader, timeout=1.0)
+    try:
+        result = isolated.load(str(directory), spec, LoadOptions())
+    finally:
+        isolated._child.kill()
+    want = ReferenceLoader().load(str(directory), spec, LoadOptions())
+    assert sorted(result.state) == sorted(want.state)
