@@ -191,8 +191,8 @@ def load_rows(results: Path, names: list[str]) -> list[Row]:
     for kind in names:
         for mode in MODES:
             path = results / f"{kind}-{mode}.json"
-            if path.exists():
-                rows.append(Row(**json.loads(path.read_text())))
+            rows.append(Row(**json.loads(path.read_text())) if path.exists() else
+                        Row(kind, mode, note="not measured yet"))
     return rows
 
 
