@@ -84,18 +84,24 @@ class CheckpointFingerprint:
 
 
 class JudgeSnapshot:
-    """The module-level functions and classes of the suite and the reference (and each
-    function's code), taken once; `restore` puts back whatever a candidate rebound."""
+    """The module-level functions and classes of the suite and the reference, the methods
+    of those classes (and each function's code), taken once; `restore` puts back whatever a
+    candidate rebound (`ReferenceLoader.map_key = ...` as much as `compare_tensor = ...`)."""
 
     def __init__(self) -> None:
         self.bindings: dict[tuple[str, str], tuple[object, object]] = {}
+        # (class, attribute) -> (value in the class's own dict, its code)
+        self.methods: dict[tuple[type, str], tuple[object, object]] = {}
         for name, module in list(sys.modules.items()):
             if module is None or name.split(".")[0] not in _JUDGE_PACKAGES:
                 continue
             for attr, value in list(vars(module).items()):
-                if callable(value) and getattr(value, "__module__", "").split(".")[0] in \
-                        _JUDGE_PACKAGES:
-                    self.bindings[(name, attr)] = (value, getattr(value, "__code__", None))
+                if callable(value) and _judges(value):
+                    self.bindings[(name, attr)] = (value, _code(value))
+                    if isinstance(value, type) and value.__module__ == name:
+                        for method, member in list(vars(value).items()):
+                            if _code(member) is not None:
+                                self.methods[(value, method)] = (member, _code(member))
 
     def restore(self) -> list[str]:
         """The names a candidate changed, each put back as it was."""
@@ -108,10 +114,34 @@ class JudgeSnapshot:
             if now is not value:
                 setattr(module, attr, value)
                 changed.append(f"{module_name}.{attr}")
-            elif code is not None and getattr(value, "__code__", None) is not code:
+            elif code is not None and _code(value) is not code:
                 value.__code__ = code
                 changed.append(f"{module_name}.{attr}.__code__")
+        for (cls, method), (value, code) in self.methods.items():
+            name = f"{cls.__module__}.{cls.__qualname__}.{method}"
+            now = vars(cls).get(method)
+            if now is not value:
+                setattr(cls, method, value)
+                changed.append(name)
+            elif _code(value) is not code:
+                _function(value).__code__ = code
+                changed.append(f"{name}.__code__")
         return changed
+
+
+def _judges(value: object) -> bool:
+    return getattr(value, "__module__", "").split(".")[0] in _JUDGE_PACKAGES
+
+
+def _function(member: object) -> object:
+    """The function inside a class member (a staticmethod, classmethod or property wraps one)."""
+    if isinstance(member, property):
+        return member.fget
+    return getattr(member, "__func__", member)
+
+
+def _code(member: object) -> object:
+    return getattr(_function(member), "__code__", None)
 
 
 class _Unclosable:

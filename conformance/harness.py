@@ -31,10 +31,11 @@ from .failures import failure_message, failure_type, ordered_by_cause, repro_slu
 from .quant_compare import refine_quantized
 from .guard import CheckpointFingerprint, JudgeSnapshot, guarded_call
 from .session import current
-from .survival import HungTestStopped, call_with_timeout, checked_result
+from .survival import HangBudget, HungTestStopped, call_with_timeout, checked_result
 from .verify import unreported_sharing
 
 __all__ = ["written", "load_both", "check_case", "outcome_divergences", "fail_on", "fail_if_states_differ",
+           "report_leftover_effects", "drop_leftover_effects",
            "provenance", "name_sets", "rerun_command", "count_example", "seed_for", "seeded",
            "seed_machine"]
 
@@ -170,6 +171,30 @@ def seed_machine(machine: type) -> type:
 def count_example() -> None:
     run, nodeid = current(), _nodeid()
     run.examples[nodeid] = run.examples.get(nodeid, 0) + 1
+    run.example_case.pop(nodeid, None)
+
+
+def report_leftover_effects() -> None:
+    """At an example's end (or a test's): what its candidate calls did to the process that
+    no fail_on reported yet (an early return, a comparison the property skipped) fails this
+    example, so it is recorded against the case that caused it, not a later one (or lost)."""
+    __tracebackhide__ = True
+    run, nodeid = current(), _nodeid()
+    effects = run.unreported_effects.get(nodeid)
+    if not effects:
+        return
+    case = run.example_case.get(nodeid)
+    prop = run.property_name.get(nodeid) or nodeid.split("::")[-1].split("[")[0]
+    if case is None:  # no load of this example to name: a plain failure, recorded as a crash
+        run.unreported_effects.pop(nodeid)
+        raise AssertionError(f"loadcheck: {run.loader_name}'s calls in this test changed the "
+                             f"process: " + "; ".join(d.message for d in effects[:5]))
+    fail_on([], prop, case, title="what the example's candidate calls did to the process")
+
+
+def drop_leftover_effects() -> None:
+    """An example that failed otherwise: Hypothesis replays it, and the replay meets them again."""
+    current().unreported_effects.pop(_nodeid(), None)
 
 
 @contextmanager
@@ -184,21 +209,26 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
     child, which enforces the timeout by killing itself). After a first hang in a test,
     the test stops (HungTestStopped): its hang record is written, and no shrinking replay
     costs a timeout again, so a run ends in bounded time (tests x timeout); after
-    --max-hung-tests hung tests, every later test that calls the candidate stops too.
+    --max-hung-tests hung tests (in any of the run's processes), every later test that calls
+    the candidate stops too.
     What the call did to the process (guard.py) goes with the outcome when `compared` (its
-    comparison reports it), else into the test's next fail_on (reload, quantize, offload...)."""
+    comparison reports it), and always into the test's next fail_on (once: a fail_on leaves
+    out what its divergences already hold), else the example's end reports it."""
     run, nodeid = current(), _nodeid()
     if nodeid in run.hung_tests:
         raise HungTestStopped(f"loadcheck: [hang] {run.loader_name} hung in this test (no "
                               f"answer within {run.timeout:g} s, the --candidate-timeout in "
                               f"force); its remaining examples were not run, the example that "
                               f"hung is in the run's records\n  re-run: {rerun_command()}")
-    if run.max_hung_tests and len(run.hung_tests) >= run.max_hung_tests:
+    budget = hang_budget(run)
+    if budget.exhausted():
+        hung = budget.hung()
         raise HungTestStopped(f"loadcheck: [hang] not tested: {run.loader_name} already hung "
-                              f"in {len(run.hung_tests)} tests of this process, the "
-                              f"--max-hung-tests budget ({run.max_hung_tests}); tests that call "
-                              f"it stop here so the run ends in bounded time; their hang "
-                              f"records name the tests that hung")
+                              f"in {len(hung)} tests of this run ({', '.join(hung[:3])}"
+                              f"{', ...' if len(hung) > 3 else ''}), the --max-hung-tests "
+                              f"budget ({run.max_hung_tests}); tests that call it stop here so "
+                              f"the run ends in bounded time; their hang records name the "
+                              f"tests that hung")
     timeout = run.timeout
     if run.judge is None:
         run.judge = JudgeSnapshot()
@@ -210,11 +240,18 @@ def candidate_call(fn: Callable[[], object], compared: bool = False) -> Outcome:
             outcome = run_outcome(lambda: checked_result(call_with_timeout(fn, timeout)))
     if compared:
         outcome.side_effects += side_effects
-    else:
-        run.unreported_effects.setdefault(nodeid, []).extend(side_effects)
+    run.unreported_effects.setdefault(nodeid, []).extend(side_effects)
     if outcome.family == "hang":
         run.hung_tests.add(nodeid)
+        budget.add(nodeid)
     return outcome
+
+
+def hang_budget(run) -> HangBudget:
+    """The run's --max-hung-tests budget, shared by its xdist workers through a file beside
+    its records (the controller removes it at the end)."""
+    return HangBudget(run.records.directory / f"hung-tests-{run.records.run_id}.txt",
+                      run.max_hung_tests)
 
 
 def load_both(case, directory: Path, options: LoadOptions | None = None,
@@ -223,9 +260,12 @@ def load_both(case, directory: Path, options: LoadOptions | None = None,
     spec = spec or case.plan.spec
     expected = run_outcome(lambda: run.reference.load(str(directory), spec, options))
     fingerprint = CheckpointFingerprint(directory)
+    run.example_case[_nodeid()] = case
     found = candidate_call(lambda: run.candidate.load(str(directory), spec, options),
                            compared=True)
-    found.side_effects += fingerprint.divergences()
+    written_into = fingerprint.divergences()
+    found.side_effects += written_into
+    run.unreported_effects.setdefault(_nodeid(), []).extend(written_into)
     return expected, found
 
 
@@ -314,8 +354,12 @@ def fail_on(divergences: list[Divergence], prop: str, case,
     return after divergences: a caller that cannot go on after one returns itself."""
     __tracebackhide__ = True
     run, nodeid = current(), _nodeid()
-    # what the test's other candidate calls did to the process (guard.py), reported once
-    divergences = run.unreported_effects.pop(nodeid, []) + list(divergences)
+    run.example_case[nodeid], run.property_name[nodeid] = case, prop
+    # what the test's candidate calls did to the process (guard.py), reported once: those an
+    # outcome comparison already put among `divergences` are not added again
+    divergences = list(divergences)
+    divergences = [d for d in run.unreported_effects.pop(nodeid, [])
+                   if not any(d is given for given in divergences)] + divergences
     if not divergences:
         return
     known: dict[str, list[Divergence]] = {}

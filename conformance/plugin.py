@@ -10,6 +10,7 @@ always, and its hooks only to a run that collects the suite (`_runs_the_suite`).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -40,10 +41,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="seconds a candidate call may take before it counts as a hang "
                          "(default 60)")
     group.addoption("--max-hung-tests", type=int, default=5, metavar="N",
-                    help="after the candidate hung in N tests (per xdist worker), every later "
-                         "test that calls it fails at once as not tested, so an always-hanging "
-                         "candidate costs N timeouts per worker, not one per test (default 5; "
-                         "0: no limit)")
+                    help="after the candidate hung in N tests (counted over the whole run, all "
+                         "xdist workers), every later test that calls it fails at once as not "
+                         "tested, so an always-hanging candidate costs about N timeouts, not "
+                         "one per test (default 5; 0: no limit)")
     group.addoption("--baseline", default=None, metavar="FILE",
                     help="known divergences (TOML): matched ones are reported as known, not "
                          "failed; a built-in adapter's name picks its shipped baseline")
@@ -264,12 +265,39 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"loader {run.loader_name!r} does not claim {', '.join(lacking)}")
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    """Random profiles: the test's own seed, derived from the run's (see pytest_configure)."""
-    from conformance.harness import seeded
-    with seeded(item):
-        yield
+    """Random profiles: the test's own seed, derived from the run's (see pytest_configure).
+    Each example ends by reporting what its candidate calls did to the process and no
+    fail_on reported (a Hypothesis test's inner function is wrapped for the call), and so
+    does the test (a state machine, a parametrized test)."""
+    from conformance.harness import drop_leftover_effects, report_leftover_effects, seeded
+    handle = getattr(getattr(item, "obj", None), "hypothesis", None)
+    inner = getattr(handle, "inner_test", None)
+    if inner is not None:
+        @functools.wraps(inner)
+        def example(*args, **kwargs):
+            __tracebackhide__ = True
+            try:
+                value = inner(*args, **kwargs)
+            except BaseException:
+                drop_leftover_effects()
+                raise
+            report_leftover_effects()
+            return value
+        handle.inner_test = example
+    try:
+        with seeded(item):
+            try:
+                value = yield
+            except BaseException:
+                drop_leftover_effects()
+                raise
+            report_leftover_effects()
+            return value
+    finally:
+        if inner is not None:
+            handle.inner_test = inner
 
 
 def _controller(config: pytest.Config) -> bool:
@@ -329,6 +357,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if run.baseline_strict and verdict.fixed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     from conformance.completeness import unreported
+    from conformance.harness import hang_budget
+    hang_budget(run).path.unlink(missing_ok=True)  # it lived for the run only
     missing = unreported(session.config, run.outcomes)
     run.records.write({"type": "end", "exitstatus": int(session.exitstatus),
                        "tests": len(run.outcomes), "unreported": missing})

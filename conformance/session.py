@@ -25,9 +25,13 @@ class RunConfig:
     timeout: float = 60.0  # seconds a candidate call may take before it counts as a hang
     isolated: bool = False
     hung_tests: set[str] = field(default_factory=set)  # tests whose candidate hung once
-    max_hung_tests: int = 5  # after this many hung tests (per process), stop calling it; 0: never
+    max_hung_tests: int = 5  # after this many hung tests (in the run), stop calling it; 0: never
     # nodeid -> side effects of candidate calls no outcome comparison reports (guard.py)
     unreported_effects: dict[str, list] = field(default_factory=dict)
+    # nodeid -> the case of the example running now (its loads) and the test's property name,
+    # for the side effects an example leaves unreported when it ends (harness.py)
+    example_case: dict[str, Any] = field(default_factory=dict)
+    property_name: dict[str, str] = field(default_factory=dict)
     # nodeid -> examples run so far, and the example number of the first failure.
     examples: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, int] = field(default_factory=dict)

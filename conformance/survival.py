@@ -28,7 +28,7 @@ from reference.checkpoint import Checkpoint, open_regular, read_header, write_sa
 from reference.contract import ERROR_FAMILIES, LoadError, LoadOptions, LoadResult, ModelSpec
 
 __all__ = ["CandidateHung", "CandidateCrashed", "CandidateContractError", "HungTestStopped",
-           "call_with_timeout",
+           "HangBudget", "call_with_timeout",
            "checked_result", "aborted_message",
            "IsolatedLoader"]
 
@@ -40,6 +40,34 @@ class CandidateHung(Exception):
 class HungTestStopped(BaseException):
     """Stops a test after its candidate hung once. A BaseException, so Hypothesis does not
     take it for a failure to shrink (each replay would cost a timeout) and lets it out."""
+
+
+class HangBudget:
+    """The tests in which the candidate hung, counted over the whole run: every xdist worker
+    appends to one file (under a lock), so `--max-hung-tests N` costs N timeouts per run, not
+    per worker. `limit` 0: no budget."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path, self.limit = Path(path), limit
+
+    def add(self, test: str) -> None:
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(test.replace("\n", " ") + "\n")
+
+    def hung(self) -> list[str]:
+        import fcntl
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                return sorted(set(f.read().splitlines()))
+        except FileNotFoundError:
+            return []
+
+    def exhausted(self) -> bool:
+        return bool(self.limit) and len(self.hung()) >= self.limit
 
 
 class CandidateCrashed(Exception):
@@ -287,6 +315,8 @@ def _serve(loader_name: str) -> None:
     _warm_up()
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the candidate's own prints must not corrupt the answer channel
+    answers.write(READY + "\n")  # start-up is over: no call's timeout pays for it
+    answers.flush()
     for line in sys.stdin:
         request = json.loads(line)
         forking = hasattr(os, "fork") and not request["options"]["device"].startswith("cuda")
@@ -323,6 +353,10 @@ def _read_result(out: Path) -> LoadResult:
 
 # ----- the parent ------------------------------------------------------------------------
 _GRACE = 30.0  # seconds beyond the call's timeout before the server itself is given up
+# The server's start-up (interpreter, torch, the candidate's import, a warm-up load) is not a
+# call: it is waited for apart, up to this long (a loaded runner takes a minute or more).
+STARTUP_TIMEOUT = 600.0
+READY = '{"ready": true}'
 
 
 # Capabilities whose calls take the live model of an earlier load: each call forks and its
@@ -345,17 +379,37 @@ class IsolatedLoader:
         self.variants = dict(candidate.variants)
         self.model_support = getattr(candidate, "model_support", None)
         self._child: subprocess.Popen | None = None
+        self._start_failure = ""  # why the server could not start, once it could not
         self._stderr = tempfile.TemporaryFile()
 
     def _start(self) -> subprocess.Popen:
+        """The server, started (and waited for) if it is not running. One that cannot start
+        fails every later call at once, as a crash saying why."""
+        if self._start_failure:
+            raise CandidateCrashed(self._start_failure)
         if self._child is None or self._child.poll() is not None:
             self._stderr.seek(0)
             self._stderr.truncate()
-            self._child = subprocess.Popen(
+            child = self._child = subprocess.Popen(
                 [sys.executable, "-m", "conformance.survival", self.loader_name],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            ready, _, _ = select.select([child.stdout], [], [], STARTUP_TIMEOUT)
+            if not ready or child.stdout.readline().strip() != READY:
+                child.kill()
+                child.wait()
+                how = ("did not finish starting (importing the candidate and one warm-up "
+                       f"load) within {STARTUP_TIMEOUT:g} s" if not ready else
+                       "died while starting (importing the candidate or a warm-up load)")
+                self._start_failure = (f"the isolated candidate process {how}; no call of "
+                                       f"this process was made{self._stderr_tail()}")
+                raise CandidateCrashed(self._start_failure)
         return self._child
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+        return f"; stderr: {' | '.join(tail)}" if tail else ""
 
     def load(self, checkpoint: str, spec: ModelSpec, options: LoadOptions) -> LoadResult:
         child = self._start()
@@ -380,12 +434,10 @@ class IsolatedLoader:
             line = child.stdout.readline()
             if not line:
                 code = child.wait()
-                self._stderr.seek(0)
-                tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-3:]
                 how = (f"killed by {signal.Signals(-code).name}" if code < 0
                        else f"exited with status {code}")
                 raise CandidateCrashed(f"the candidate's process {how} during load"
-                                       + (f"; stderr: {' | '.join(tail)}" if tail else ""))
+                                       + self._stderr_tail())
             answer = json.loads(line)
             if "hang" in answer:
                 raise CandidateHung(answer["hang"])

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +37,14 @@ class _Misbehaving(ReferenceLoader):
 
 def _segfault(load, checkpoint):
     ctypes.string_at(0)  # reads address 0: SIGSEGV, as a bug in a C extension does
+
+
+def _kill_itself(load, checkpoint):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer or a watchdog would
+
+
+class CandidateAbort(BaseException):
+    """A BaseException of the candidate's own (some libraries define such to unwind)."""
 
 
 def _raise(kind):
@@ -99,6 +110,14 @@ def _patch_judge(load, checkpoint):
                                                       result.state.items()}})
 
 
+def _reseed(load, checkpoint):
+    """Seeds torch's and Python's RNG (as a loader that initialises weights "reproducibly"
+    does): harmless to its own result, but later draws in the process repeat."""
+    torch.manual_seed(0)
+    random.seed(0)
+    return load()
+
+
 def _hang(load, checkpoint):
     while True:
         time.sleep(0.05)  # never returns (releasing the GIL, as a stuck read would)
@@ -119,6 +138,50 @@ def _spawn_outside_group(load, checkpoint):
     group does not reach it."""
     subprocess.Popen(GRANDCHILD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
+    return load()
+
+
+# Polls for the isolated call's result files and swaps a FIFO in at each (a reader of it would
+# wait forever for a writer); argv: the files, then how long to keep trying.
+_SWAP_IN_FIFOS = """
+import os, sys, time
+paths, until = sys.argv[1:-1], time.monotonic() + float(sys.argv[-1])
+while paths and time.monotonic() < until:
+    for path in list(paths):
+        if os.path.exists(path) and not os.path.islink(path):
+            try:
+                os.unlink(path)
+                os.mkfifo(path)
+                paths.remove(path)
+            except OSError:
+                pass
+    time.sleep(0.001)
+"""
+
+
+def _isolated_result_files() -> list[str]:
+    """The files the isolated server will read back for this call (its request is a local of
+    a caller's frame: a hostile candidate can find it); none in process."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        request = frame.f_locals.get("request")
+        if isinstance(request, dict) and "out" in request:
+            out = request["out"]
+            return [out + ".json", os.path.join(out, "result.json"),
+                    os.path.join(out, "state.safetensors")]
+        frame = frame.f_back
+    return []
+
+
+def _swap_fifo_in(load, checkpoint):
+    """Leaves a grandchild (in a session of its own) that swaps FIFOs in at the result files
+    the isolated parent reads back; in process there are none and it loads as the reference."""
+    targets = _isolated_result_files()
+    if targets:
+        subprocess.Popen([sys.executable, "-c", _SWAP_IN_FIFOS, *targets, "5"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        time.sleep(0.2)  # the helper is polling before the result is written
     return load()
 
 
@@ -149,6 +212,23 @@ class _ReadsEveryFile(ReferenceLoader):
         return super().load(checkpoint, spec, options)
 
 
+class _PatchesMapKey(ReferenceLoader):
+    """Drops `model.norm.weight` from its loads by patching the reference's `map_key` (a
+    method, not a module-level function) before loading: in one process the reference then
+    drops it too, and every property sees two loaders agree on a missing weight."""
+
+    name = "patches_map_key"
+
+    def load(self, checkpoint, spec, options):
+        original = ReferenceLoader.map_key
+        if not getattr(original, "patched_by_candidate", False):
+            def map_key(self, table, key):
+                return None if key == "model.norm.weight" else original(self, table, key)
+            map_key.patched_by_candidate = True
+            ReferenceLoader.map_key = map_key
+        return super().load(checkpoint, spec, options)
+
+
 class _DtypeOnReload(ReferenceLoader):
     """Loads as the reference does; its reload leaves torch's default dtype at float64."""
 
@@ -159,7 +239,32 @@ class _DtypeOnReload(ReferenceLoader):
         return super().reload(*args, **kwargs)
 
 
+class _DtypeOnSecondReload(ReferenceLoader):
+    """Reloading a model it already reloaded leaves torch's default dtype at float64 and then
+    raises: test_reload's last call of an example, after which no comparison runs (the
+    property does not judge a second reload that raised)."""
+
+    name = "sets_default_dtype_on_second_reload"
+
+    def __init__(self):
+        super().__init__()
+        self._reloaded: list = []  # the results its reload returned (kept: ids stay unique)
+
+    def reload(self, result, *args, **kwargs):
+        if any(result is mine for mine in self._reloaded):
+            torch.set_default_dtype(torch.float64)
+            raise RuntimeError("a second reload is not supported")
+        out = super().reload(result, *args, **kwargs)
+        self._reloaded.append(out)
+        return out
+
+
 segfaults = _Misbehaving("segfaults", _segfault)
+kills_itself = _Misbehaving("kills_itself", _kill_itself)
+raises_base_exception = _Misbehaving("raises_base_exception", _raise(CandidateAbort))
+patches_map_key = _PatchesMapKey()
+reseeds_rng = _Misbehaving("reseeds_rng", _reseed)
+swaps_fifo_in = _Misbehaving("swaps_fifo_in", _swap_fifo_in)
 keyboard_interrupt = _Misbehaving("keyboard_interrupt", _raise(KeyboardInterrupt))
 system_exit = _Misbehaving("system_exit", _raise(SystemExit))
 generator_exit = _Misbehaving("generator_exit", _raise(GeneratorExit))
@@ -178,3 +283,4 @@ allocates = _Misbehaving("allocates", _allocate)
 closes_stdout = _Misbehaving("closes_stdout", _close_stdout)
 reads_every_file = _ReadsEveryFile()
 sets_default_dtype_on_reload = _DtypeOnReload()
+sets_default_dtype_on_second_reload = _DtypeOnSecondReload()

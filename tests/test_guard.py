@@ -41,16 +41,23 @@ def test_a_candidate_that_changes_what_judges_it_is_reported(tmp_path, kind,
         assert {d["kind"] for d in items} == {kind_of_divergence}, {d["kind"] for d in items}
 
 
-def test_what_a_reload_does_to_the_process_is_reported(tmp_path):
-    """Side effects of calls no outcome comparison covers (reload here) reach the test's
-    record too (they were undone, but reported only for loads)."""
-    run = run_suite("tests.misbehaving:sets_default_dtype_on_reload",
+@pytest.mark.parametrize("kind", ["sets_default_dtype_on_reload",
+                                  "sets_default_dtype_on_second_reload"])
+def test_what_a_reload_does_to_the_process_is_reported(tmp_path, kind):
+    """Side effects of calls no outcome comparison covers reach the example's record too: a
+    reload's (they were undone, but reported only for loads), also when no fail_on follows
+    the call in its example (a second reload that raised: they went to a later example's
+    record, and replaying the shrunk example did not fail)."""
+    run = run_suite(f"tests.misbehaving:{kind}",
                     "conformance/test_reload.py::test_reload_equals_fresh_load", records=tmp_path)
     assert run.returncode == 1, run.output[-3000:]
     (result,) = read_runs([tmp_path])
+    assert result.complete and [r["type"] for r in result.divergences] == ["divergence"], \
+        json.dumps(result.divergences)[:3000]
     items = [d for r in result.divergences for d in r["divergences"]]
     assert {d["kind"] for d in items} == {"global_state"}, json.dumps(items[:3])[:3000]
     assert "default dtype at torch.float64" in items[0]["message"]
+    assert "Flaky" not in run.output, run.output[-3000:]
 
 
 def test_random_state_is_restored_without_a_report():
@@ -75,3 +82,22 @@ def test_a_new_file_is_tolerated_and_a_removed_one_is_not(tmp_path):
     (tmp_path / "a.safetensors").unlink()
     (divergence,) = fingerprint.divergences()
     assert divergence.severity == "critical" and "a.safetensors was removed" in divergence.message
+
+
+def test_a_rebound_method_of_the_reference_is_reported_and_put_back():
+    """`ReferenceLoader.map_key = ...` (tests.misbehaving:patches_map_key) changes a class, not
+    a module: in one process the reference would then share the candidate's bug."""
+    from conformance.guard import JudgeSnapshot
+    from reference.loading import ReferenceLoader
+    original = ReferenceLoader.map_key
+    judge = JudgeSnapshot()
+    try:
+        ReferenceLoader.map_key = lambda self, table, key: None
+        assert judge.restore() == ["reference.loading.ReferenceLoader.map_key"]
+        assert ReferenceLoader.map_key is original
+        ReferenceLoader.map_key.__code__ = (lambda self, table, key: None).__code__
+        assert judge.restore() == ["reference.loading.ReferenceLoader.map_key.__code__"]
+        assert ReferenceLoader.map_key is original
+        assert judge.restore() == []
+    finally:
+        ReferenceLoader.map_key = original

@@ -115,3 +115,54 @@ def test_after_max_hung_tests_the_rest_stop_at_once(tmp_path):
     hangs = [r for r in result.divergences if r["severity"] == "hang" and r.get("type") != "crash"]
     assert len(hangs) == 1, [(r["type"], r["severity"]) for r in result.divergences]
     assert run.output.count("--max-hung-tests budget (1)") >= 2, run.output[-3000:]
+
+
+def test_the_hang_budget_is_shared_by_the_runs_workers(tmp_path, monkeypatch):
+    """Two xdist workers of one run share one budget: once one of them used it up, a test
+    the other runs stops before calling the candidate (it cost one timeout per worker)."""
+    from conformance.harness import candidate_call, hang_budget
+    from conformance.records import RecordWriter
+    from conformance import session
+    from conformance.session import RunConfig, configure
+    from conformance.survival import HungTestStopped
+    from reference.loading import ReferenceLoader
+    previous = session._current
+
+    def worker(name: str) -> RunConfig:
+        return RunConfig(loader_name="reference", candidate=ReferenceLoader(), device="cpu",
+                         profile="pr", seed=None, max_hung_tests=1, timeout=0.2,
+                         records=RecordWriter(tmp_path, name, "run-1"))
+    first, second = worker("gw0"), worker("gw1")
+    try:
+        configure(first)
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "conformance/test_a.py::test_one (call)")
+        assert candidate_call(lambda: __import__("time").sleep(5)).family == "hang"
+        configure(second)
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "conformance/test_b.py::test_two (call)")
+        with pytest.raises(HungTestStopped, match=r"already hung in 1 tests of this run "
+                                                  r"\(conformance/test_a.py::test_one\)"):
+            candidate_call(lambda: None)
+        assert hang_budget(second).hung() == ["conformance/test_a.py::test_one"]
+    finally:
+        configure(previous)
+
+
+def test_the_isolated_servers_start_up_is_not_a_calls_timeout(tmp_path, monkeypatch):
+    """Start-up (interpreter, torch, the candidate's import, a warm-up load) took a minute
+    and more on a loaded runner, and every first call of a worker's server was a false hang.
+    Here the import alone outlasts the call's timeout and its grace."""
+    from conformance import survival
+    from generators.checkpoints import CheckpointPlan
+    from reference.contract import LoadOptions, ModelSpec
+    from reference.loading import ReferenceLoader
+    monkeypatch.setattr(survival, "_GRACE", 0.5)
+    spec = ModelSpec(family="llama")
+    directory = CheckpointPlan(spec, shards=1, disk_dtype="float32").write(tmp_path / "ckpt")
+    import tests.slow_to_start as slow
+    isolated = survival.IsolatedLoader("tests.slow_to_start:loader", slow.loader, timeout=1.0)
+    try:
+        result = isolated.load(str(directory), spec, LoadOptions())
+    finally:
+        isolated._child.kill()
+    want = ReferenceLoader().load(str(directory), spec, LoadOptions())
+    assert sorted(result.state) == sorted(want.state)

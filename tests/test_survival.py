@@ -58,3 +58,28 @@ def test_resource_hostile_cases_reach_an_isolated_candidate_and_skip_in_process(
     severities = {r["test"].split("[")[-1].rstrip("]"): r["severity"] for r in isolated.records
                   if r.get("type") == "divergence" and r["stage"] == "final"}
     assert severities == {"index-is-fifo": "hang", "index-is-dev-zero": "crash"}, severities
+
+
+def test_the_survival_matrix_runs_a_kind_and_writes_its_row(tmp_path):
+    """tests/survival_matrix.py on one kind, isolated, on one property (the full matrix is a
+    manual run, docs/survival.md): the row says the run finished, every collected test
+    reported, every failure has a record; a kind unsafe in process is not run there, saying
+    why; and the doc's table is replaced between its markers."""
+    from tests.survival_matrix import END, START, main
+    doc = tmp_path / "survival.md"
+    doc.write_text(f"# prose kept\n\n{START}\nold table\n{END}\nmore prose\n")
+    common = ["--results", str(tmp_path / "rows"), "--doc", str(doc), "-n", "1"]
+    assert main([*common, "--kinds", "allocates", "--modes", "in-process"]) == 0  # not run
+    status = main([*common, "--kinds", "kills_itself", "--modes", "isolate",
+                   "conformance/test_tying.py"])  # rows add up: the table has both
+    text = doc.read_text()
+    assert status == 0, text
+    assert text.startswith("# prose kept") and "old table" not in text and "more prose" in text
+    rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
+            for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    isolated = [c.strip() for c in rows["kills_itself/isolate"].split("|")]
+    # kind, mode, finished, wall, collected/reported, p/f/s, records, state, recorded, survived
+    assert isolated[3] == "y" and isolated[5] == "1 / 1" and isolated[6] == "0 / 1 / 0", text
+    assert isolated[7].startswith("1 (crash 1") and isolated[8] == "fail", text
+    assert isolated[9] == "yes" and isolated[10] == "y", text
+    assert "not run: 2 GiB per call" in rows["allocates/in-process"], text
