@@ -89,43 +89,48 @@ class JudgeSnapshot:
     candidate rebound (`ReferenceLoader.map_key = ...` as much as `compare_tensor = ...`)."""
 
     def __init__(self) -> None:
-        self.bindings: dict[tuple[str, str], tuple[object, object]] = {}
-        # (class, attribute) -> (value in the class's own dict, its code)
-        self.methods: dict[tuple[type, str], tuple[object, object]] = {}
+        # module name -> [(attribute, value, the function holding its code, that code)]
+        self.bindings: dict[str, list[tuple[str, object, object, object]]] = {}
+        # class -> [(attribute, value in the class's own dict, its function, its code)]
+        self.methods: dict[type, list[tuple[str, object, object, object]]] = {}
         for name, module in list(sys.modules.items()):
             if module is None or name.split(".")[0] not in _JUDGE_PACKAGES:
                 continue
             for attr, value in list(vars(module).items()):
                 if callable(value) and _judges(value):
-                    self.bindings[(name, attr)] = (value, _code(value))
+                    self.bindings.setdefault(name, []).append(
+                        (attr, value, _function(value), _code(value)))
                     if isinstance(value, type) and value.__module__ == name:
-                        for method, member in list(vars(value).items()):
-                            if _code(member) is not None:
-                                self.methods[(value, method)] = (member, _code(member))
+                        self.methods[value] = [
+                            (method, member, _function(member), _code(member))
+                            for method, member in list(vars(value).items())
+                            if _code(member) is not None]
 
     def restore(self) -> list[str]:
-        """The names a candidate changed, each put back as it was."""
+        """The names a candidate changed, each put back as it was. It runs around every
+        candidate call (about 700 names), so the loop compares identities and nothing more."""
         changed = []
-        for (module_name, attr), (value, code) in self.bindings.items():
+        for module_name, entries in self.bindings.items():
             module = sys.modules.get(module_name)
             if module is None:
                 continue
-            now = vars(module).get(attr)
-            if now is not value:
-                setattr(module, attr, value)
-                changed.append(f"{module_name}.{attr}")
-            elif code is not None and _code(value) is not code:
-                value.__code__ = code
-                changed.append(f"{module_name}.{attr}.__code__")
-        for (cls, method), (value, code) in self.methods.items():
-            name = f"{cls.__module__}.{cls.__qualname__}.{method}"
-            now = vars(cls).get(method)
-            if now is not value:
-                setattr(cls, method, value)
-                changed.append(name)
-            elif _code(value) is not code:
-                _function(value).__code__ = code
-                changed.append(f"{name}.__code__")
+            namespace = vars(module)
+            for attr, value, function, code in entries:
+                if namespace.get(attr) is not value:
+                    setattr(module, attr, value)
+                    changed.append(f"{module_name}.{attr}")
+                elif code is not None and getattr(function, "__code__", None) is not code:
+                    function.__code__ = code
+                    changed.append(f"{module_name}.{attr}.__code__")
+        for cls, entries in self.methods.items():
+            namespace = vars(cls)
+            for method, value, function, code in entries:
+                if namespace.get(method) is not value:
+                    setattr(cls, method, value)
+                    changed.append(f"{cls.__module__}.{cls.__qualname__}.{method}")
+                elif function.__code__ is not code:
+                    function.__code__ = code
+                    changed.append(f"{cls.__module__}.{cls.__qualname__}.{method}.__code__")
         return changed
 
 
