@@ -17,6 +17,7 @@ from generators.fp8 import online_cases, serialized_cases
 from reference.fp8 import export_fp8_checkpoint
 from .compare import Divergence, compare_states, run_outcome
 from .fp8_compare import round_trip_divergences, zero_weight_divergences
+from .profiles import fewer_examples
 from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
                       load_both, outcome_divergences, written)
 from .session import current
@@ -34,6 +35,7 @@ def test_serialized_fp8_matches_reference(data):
 
 
 @pytest.mark.requires("load", "fp8_serialized", "fused_on_disk")
+@fewer_examples(4)
 @given(data=st.data())
 def test_fused_and_split_fp8_checkpoints_agree(data):
     """P3 (seed 003): one FP8 matrix fused on disk (one scale) and split on disk (the same
@@ -79,6 +81,7 @@ def test_quantize_after_load_equals_quantize_on_load(data):
 
 
 @pytest.mark.requires("load", "fp8_online", "fp8_serialized")
+@fewer_examples(4)
 @given(data=st.data())
 def test_offline_export_loads_like_online(data):
     """P4: offline-quantize-then-load ≡ quantize-on-load. The reference exports the online

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from generators.cases import LoadCase
 from generators.fp8_block import online_block_cases, serialized_block_cases
@@ -20,14 +20,15 @@ from .fp8_block_compare import block_of, block_round_trip_divergences
 from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
                       load_both, written)
 from .quant_compare import refine_quantized
+from .profiles import fewer_examples
 from .session import current
 
 # Block FP8 is one format among several in the `pr` run's 60 s budget: the properties
 # that catch a block FP8 mutant run a quarter of the profile's examples (25 in `pr`; each
 # mutant is caught within 20, tests/test_mutants.py), the others, which load three or
 # four times per example and catch no mutant of their own, an eighth (12).
-fewer = settings(max_examples=max(10, settings.default.max_examples // 4))
-fewest = settings(max_examples=max(10, settings.default.max_examples // 8))
+fewer = fewer_examples(4)
+fewest = fewer_examples(8)
 
 
 @pytest.mark.requires("load", "fp8_block_serialized")

@@ -14,6 +14,7 @@ from generators.checkpoints import checkpoint_plans
 from generators.specs import model_specs
 from reference.tp import gather_ranks
 from .compare import Divergence, compare_states
+from .profiles import fewer_examples
 from .tp_compare import gathered_where, same_slice_divergences
 from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
                       load_both, written)
@@ -125,6 +126,7 @@ def test_shape_mismatch_is_an_error(data):
 
 
 @pytest.mark.requires("load")
+@fewer_examples(4)
 @given(data=st.data())
 def test_result_independent_of_tensor_order(data):
     """The order of tensors in files (and how they are spread over shards) never matters."""

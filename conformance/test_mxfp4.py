@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from generators.mxfp4 import mxfp4_cases
 from reference.tp import gather_ranks
@@ -25,9 +25,10 @@ from .compare import Divergence, compare_states
 from .harness import (candidate_call, check_case, count_example, fail_if_states_differ, fail_on,
                       load_both, written)
 from .quant_compare import refine_quantized
+from .profiles import fewer_examples
 from .session import current
 
-cheap = settings(max_examples=max(10, settings.default.max_examples // 5))
+cheap = fewer_examples(5)
 
 
 @pytest.mark.requires("load", "mxfp4_serialized")

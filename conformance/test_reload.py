@@ -14,6 +14,7 @@ from generators.cases import LoadCase
 from generators.fp8 import reload_cases
 from reference.names import layout_keys
 from .compare import Divergence, compare_states, run_outcome
+from .profiles import fewer_examples
 from .quant_compare import refine_quantized
 from .harness import candidate_call, count_example, fail_on, load_both, written
 from .session import current
@@ -70,6 +71,7 @@ def test_reload_equals_fresh_load(data):
 
 
 @pytest.mark.requires("load", "reload")
+@fewer_examples(4)
 @given(data=st.data())
 def test_reload_of_some_layers_changes_only_those(data):
     """A checkpoint holding some decoder layers (and nothing else) changes exactly those
