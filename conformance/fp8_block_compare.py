@@ -86,8 +86,8 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         headline = (f"{named}: block ({r}, {c}) (rows {rows[0]}:{rows[1]}, cols "
                     f"{cols[0]}:{cols[1]}, block {bn}x{bk}): weight_scale_inv expected "
                     f"{exp_s}, found {got_s}; {in_block} codes differ in that block; "
-                    f"{int(mask.sum())} of {mask.numel()} blocks differ; dequantized weight "
-                    f"off by up to {error:.4g}")
+                    f"{int(mask.sum())} of {mask.numel()} blocks differ; over the whole matrix "
+                    f"the dequantized weight is off by up to {error:.4g}")
         detail.update(block=[r, c], expected_scale=exp_s, found_scale=got_s,
                       dequantized_max_abs_diff=error)
     return matrix_divergence(weight, named, slot, problems, codes_d, scale_d,

@@ -97,8 +97,8 @@ def mxfp4_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         headline = (f"{named}: block (row {r}, group {c}) (cols {cols[0]}:{cols[1]}, MXFP4 "
                     f"group of {GROUP}): weight_scale expected {exp_s}, found {got_s}; "
                     f"{differing} codes differ in that block" + (f" ({shown})" if shown else "")
-                    + f"; {int(mask.sum())} of {mask.numel()} blocks differ; dequantized "
-                    f"weight off by up to {error:.4g}")
+                    + f"; {int(mask.sum())} of {mask.numel()} blocks differ; over the whole "
+                    f"matrix the dequantized weight is off by up to {error:.4g}")
         detail.update(block=[r, c], expected_scale=exp_s, found_scale=got_s,
                       codes_differing_in_block=differing, dequantized_max_abs_diff=error)
     return matrix_divergence(weight, named, slot, problems, codes_d, scale_d, "weight_scale",
