@@ -19,7 +19,7 @@ from reference.dtypes import FP8_DTYPES, poison_mask
 from reference.fp8 import code_step
 from reference.quant.fp8_block import dequantize_blocks, expand_scales, scale_inv_name
 from .compare import Divergence, fused_slot
-from .quant_compare import matrix_divergence, register, tensor_problems
+from .quant_compare import matrix_divergence, matrix_tensors, register
 
 __all__ = ["block_of", "block_divergence", "refine_block_fp8", "block_round_trip_divergences"]
 
@@ -55,15 +55,10 @@ def block_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                      weight: str, block: tuple[int, int]) -> Divergence | None:
     """One divergence for `weight`'s codes and scale grid, or None if both are equal."""
     scale = scale_inv_name(weight)
-    problems = tensor_problems(expected, found, (weight, scale))
-    if not problems:
+    parts = matrix_tensors(expected, found, weight, scale)
+    if parts is None:
         return None
-    slot = fused_slot(weight)
-    matrix = weight[: -len(".weight")]
-    named = f"{matrix}{' (' + slot.text() + ')' if slot else ''}"
-    codes_d, scale_d = problems.get(weight), problems.get(scale)
-    w_c, g_c, w_s, g_s = (expected.get(weight), found.get(weight), expected.get(scale),
-                          found.get(scale))
+    problems, slot, matrix, named, codes_d, scale_d, (w_c, g_c, w_s, g_s) = parts
     comparable = all(t is not None for t in (w_c, g_c, w_s, g_s)) and \
         g_c.dtype in FP8_DTYPES and g_c.shape == w_c.shape and g_s.shape == w_s.shape \
         and g_s.dtype == w_s.dtype and not g_s.is_meta and not g_c.is_meta

@@ -18,8 +18,8 @@ from reference.contract import LoadOptions, ModelSpec
 from reference.dtypes import poison_mask
 from reference.quant.mxfp4 import (E2M1_VALUES, E8M0_BIAS, E8M0_NAN, GROUP,
                                    dequantize_mxfp4, unpack_codes)
-from .compare import Divergence, fused_slot
-from .quant_compare import matrix_divergence, register, tensor_problems
+from .compare import Divergence
+from .quant_compare import matrix_divergence, matrix_tensors, register
 
 __all__ = ["scale_text", "mxfp4_divergence", "refine_mxfp4"]
 
@@ -70,15 +70,10 @@ def mxfp4_divergence(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
                      weight: str) -> Divergence | None:
     """One divergence for `weight`'s packed codes and E8M0 scales, or None if both equal."""
     scale = scale_name(weight)
-    problems = tensor_problems(expected, found, (weight, scale))
-    if not problems:
+    parts = matrix_tensors(expected, found, weight, scale)
+    if parts is None:
         return None
-    slot = fused_slot(weight)
-    matrix = weight[: -len(".weight")]
-    named = f"{matrix}{' (' + slot.text() + ')' if slot else ''}"
-    codes_d, scale_d = problems.get(weight), problems.get(scale)
-    w_c, g_c, w_s, g_s = (expected.get(weight), found.get(weight), expected.get(scale),
-                          found.get(scale))
+    problems, slot, matrix, named, codes_d, scale_d, (w_c, g_c, w_s, g_s) = parts
     comparable = all(t is not None for t in (w_c, g_c, w_s, g_s)) and all(
         t.dtype == torch.uint8 and not t.is_meta for t in (g_c, g_s)) \
         and g_c.shape == w_c.shape and g_s.shape == w_s.shape

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 
 from reference.contract import LoadOptions, ModelSpec
 from reference.quant import FORMATS
 from reports.schema import Counts, Diffs, Slot
-from .compare import Divergence, compare_tensor
+from .compare import Divergence, compare_tensor, fused_slot
 
-__all__ = ["Refiner", "register", "refine_quantized", "tensor_problems", "matrix_divergence"]
+__all__ = ["Refiner", "register", "refine_quantized", "tensor_problems", "MatrixTensors",
+           "matrix_tensors", "matrix_divergence"]
 
 Refiner = Callable[[list[Divergence], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor],
                     ModelSpec, "LoadOptions | None"], list[Divergence]]
@@ -62,6 +63,32 @@ def tensor_problems(expected: Mapping[str, torch.Tensor], found: Mapping[str, to
             for d in [compare_tensor(n, expected[n], found[n]) if n in found else
                       Divergence("absent", n, f"{n}: absent", finding="missing")]
             if d is not None}
+
+
+class MatrixTensors(NamedTuple):
+    """One quantized matrix as a format's comparer starts from it."""
+    problems: dict[str, Divergence]   # its tensors' divergences (tensor_problems)
+    slot: Slot | None                 # its slot in a fused parameter
+    matrix: str                       # the module's name
+    named: str                        # the module's name with its slot, for headlines
+    codes_d: Divergence | None
+    scale_d: Divergence | None
+    tensors: tuple                    # expected codes, found codes, expected scales, found scales
+
+
+def matrix_tensors(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                   weight: str, scale: str) -> MatrixTensors | None:
+    """`weight`'s codes and `scale`'s scales on both sides, or None if both are equal."""
+    problems = tensor_problems(expected, found, (weight, scale))
+    if not problems:
+        return None
+    slot = fused_slot(weight)
+    matrix = weight[: -len(".weight")]
+    return MatrixTensors(problems, slot, matrix,
+                         f"{matrix}{' (' + slot.text() + ')' if slot else ''}",
+                         problems.get(weight), problems.get(scale),
+                         (expected.get(weight), found.get(weight), expected.get(scale),
+                          found.get(scale)))
 
 
 def matrix_divergence(weight: str, named: str, slot: Slot | None,
